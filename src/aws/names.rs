@@ -1,0 +1,199 @@
+//! Validated STS inputs. moto accepts almost anything, and real STS rejects bad values with an
+//! error that would reach the caller as a 502, so every value is checked here, before the call,
+//! against the limits in the AssumeRole API reference.
+
+use std::fmt;
+
+use regex::Regex;
+use std::sync::LazyLock;
+
+static ROLE_ARN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:arn:aws(?:-cn|-us-gov)?:iam::[0-9]{12}:role/(?:[A-Za-z0-9_+=,.@-]+/)*[A-Za-z0-9_+=,.@-]{1,64})$")
+        .expect("static regex")
+});
+// RoleSessionName and SourceIdentity share one alphabet, ASCII only (`\w` would take Unicode).
+static SESSION_CHARS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(?:[A-Za-z0-9_+=,.@-]+)$").expect("static regex"));
+// Tag keys and values: Unicode letters, digits, white space and `_ . : / = + - @`.
+static TAG_CHARS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(?:[\p{L}\p{Z}\p{N}_.:/=+\-@]*)$").expect("static regex"));
+
+/// Most session tags one AssumeRole call may carry.
+pub const MAX_SESSION_TAGS: usize = 50;
+/// Longest session policy, in characters, that STS takes as plain text.
+pub const MAX_SESSION_POLICY_CHARS: usize = 2048;
+
+/// An IAM role ARN (`arn:aws:iam::123456789012:role/name`, role paths allowed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleArn(String);
+
+impl RoleArn {
+    /// Checks the ARN's shape; the error says what a role ARN looks like.
+    pub fn parse(arn: &str) -> Result<Self, String> {
+        if arn.len() <= 2048 && ROLE_ARN.is_match(arn) {
+            Ok(Self(arn.to_owned()))
+        } else {
+            Err(format!("{arn:?} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"))
+        }
+    }
+
+    /// The ARN as STS expects it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoleArn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A `RoleSessionName`: 2 to 64 characters of `[\w+=,.@-]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionName(String);
+
+impl SessionName {
+    /// `gitlab-<project_id>-<job_id>`: unique per job and readable in CloudTrail.
+    pub fn for_job(project_id: &str, job_id: &str) -> Result<Self, String> {
+        let name = format!("gitlab-{project_id}-{job_id}");
+        if (2..=64).contains(&name.len()) && SESSION_CHARS.is_match(&name) {
+            Ok(Self(name))
+        } else {
+            Err("project_id and job_id do not make a valid RoleSessionName".into())
+        }
+    }
+
+    /// The name as STS expects it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A `SourceIdentity`: 2 to 64 characters of `[\w+=,.@-]`, not starting with `aws:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceIdentity(String);
+
+impl SourceIdentity {
+    /// Checks a user login against STS's rules; never rewrites it.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let legal = (2..=64).contains(&value.len())
+            && SESSION_CHARS.is_match(value)
+            && !value.to_ascii_lowercase().starts_with("aws:");
+        if legal {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err("is not a legal SourceIdentity (2-64 characters of letters, digits and _+=,.@-)".into())
+        }
+    }
+
+    /// The value as STS expects it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One session tag, key and value both checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTag {
+    key: String,
+    value: String,
+}
+
+impl SessionTag {
+    /// The tag key token-broker uses for a claim: `gitlab:<claim>`.
+    pub fn key_for_claim(claim: &str) -> Result<String, String> {
+        let key = format!("gitlab:{claim}");
+        if key.chars().count() <= 128 && TAG_CHARS.is_match(&key) {
+            Ok(key)
+        } else {
+            Err(format!("claim {claim:?} does not make a legal session tag key"))
+        }
+    }
+
+    /// A tag for a claim value; values STS would refuse are refused here, never rewritten.
+    pub fn new(key: String, value: &str) -> Result<Self, String> {
+        if value.chars().count() <= 256 && TAG_CHARS.is_match(value) {
+            Ok(Self { key, value: value.to_owned() })
+        } else {
+            Err("is not a legal session tag value (at most 256 letters, digits, spaces and _.:/=+-@)".into())
+        }
+    }
+
+    /// `gitlab:<claim>`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The claim's value, unchanged.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_arns_are_checked_and_anchored() {
+        let cases = [
+            ("arn:aws:iam::123456789012:role/deploy", true),
+            ("arn:aws:iam::123456789012:role/ci/deploy-web", true),
+            ("arn:aws-us-gov:iam::123456789012:role/x", true),
+            ("arn:aws:iam::12345678901:role/short-account", false),
+            ("arn:aws:iam::123456789012:user/alice", false),
+            ("xarn:aws:iam::123456789012:role/deploy", false),
+            ("arn:aws:iam::123456789012:role/deploy\n", false),
+            ("arn:aws:iam::123456789012:role/", false),
+            ("arn:aws:iam::123456789012:role/a*b", false),
+        ];
+        for (arn, ok) in cases {
+            assert_eq!(RoleArn::parse(arn).is_ok(), ok, "{arn:?}");
+        }
+    }
+
+    #[test]
+    fn session_names_come_from_project_and_job() {
+        assert_eq!(SessionName::for_job("4242", "7654321").unwrap().as_str(), "gitlab-4242-7654321");
+        assert!(SessionName::for_job("42 42", "1").is_err());
+        assert!(SessionName::for_job("1", &"9".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn source_identity_is_refused_not_rewritten() {
+        let cases = [
+            ("ada", true),
+            ("ada.lovelace@acme", true),
+            ("a", false),
+            ("ada lovelace", false),
+            ("aws:root", false),
+            ("ada/evil", false),
+            ("ädä", false),
+        ];
+        for (value, ok) in cases {
+            assert_eq!(SourceIdentity::parse(value).is_ok(), ok, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn tag_values_follow_sts_rules() {
+        let key = SessionTag::key_for_claim("ref").unwrap();
+        assert_eq!(key, "gitlab:ref");
+        let cases = [
+            ("main", true),
+            ("release/1.0", true),
+            ("feature@x+y=z", true),
+            ("", true),
+            ("a\"b", false),
+            ("a\nb", false),
+            ("semi;colon", false),
+            ("tilde~", false),
+            (&"x".repeat(256), true),
+            (&"x".repeat(257), false),
+        ];
+        for (value, ok) in cases {
+            assert_eq!(SessionTag::new(key.clone(), value).is_ok(), ok, "{value:?}");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! STS AssumeRole with inputs that were validated before the call, and errors reduced to a code.
+
+use aws_sdk_sts::config::http::HttpResponse;
+use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::primitives::DateTimeFormat;
+use aws_sdk_sts::types::Tag;
+
+use super::names::{RoleArn, SessionName, SessionTag, SourceIdentity};
+use crate::secret::Secret;
+
+/// Everything AssumeRole is sent, each part already checked against STS's rules.
+#[derive(Debug, Clone)]
+pub struct AssumeRole {
+    pub role_arn: RoleArn,
+    pub session_name: SessionName,
+    pub source_identity: SourceIdentity,
+    pub tags: Vec<SessionTag>,
+    pub policy: Option<String>,
+    pub duration_seconds: i32,
+}
+
+/// Temporary credentials; `Debug` redacts the secret parts.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Secret,
+    /// RFC 3339, as credential_process expects.
+    pub expiration: String,
+    pub assumed_role_arn: String,
+}
+
+/// An AssumeRole failure, by STS error code only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StsError {
+    /// Throttling, 5xx, timeouts, connection trouble: the caller may retry.
+    #[error("STS is unavailable ({code})")]
+    Unavailable { code: String },
+    /// STS refused the call (the target role does not trust the broker, say).
+    #[error("STS refused AssumeRole ({code})")]
+    Refused { code: String },
+}
+
+/// The STS adapter.
+#[derive(Clone)]
+pub struct Sts {
+    client: aws_sdk_sts::Client,
+}
+
+impl Sts {
+    /// An adapter around an SDK client built from `config`.
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Self { client: aws_sdk_sts::Client::new(config) }
+    }
+
+    /// Calls AssumeRole.
+    pub async fn assume_role(&self, input: &AssumeRole) -> Result<Credentials, StsError> {
+        let tags = input
+            .tags
+            .iter()
+            .map(|t| Tag::builder().key(t.key()).value(t.value()).build().map_err(|_| refused("InvalidTag")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let output = self
+            .client
+            .assume_role()
+            .role_arn(input.role_arn.as_str())
+            .role_session_name(input.session_name.as_str())
+            .source_identity(input.source_identity.as_str())
+            .set_tags(Some(tags).filter(|t| !t.is_empty()))
+            .set_policy(input.policy.clone())
+            .duration_seconds(input.duration_seconds)
+            .send()
+            .await
+            .map_err(classify)?;
+        let credentials = output.credentials.ok_or_else(|| refused("MissingCredentials"))?;
+        let expiration = credentials
+            .expiration
+            .fmt(DateTimeFormat::DateTime)
+            .map_err(|_| refused("BadExpiration"))?;
+        Ok(Credentials {
+            access_key_id: credentials.access_key_id,
+            secret_access_key: Secret::new(credentials.secret_access_key),
+            session_token: Secret::new(credentials.session_token),
+            expiration,
+            assumed_role_arn: output.assumed_role_user.map(|u| u.arn).unwrap_or_default(),
+        })
+    }
+}
+
+fn refused(code: &str) -> StsError {
+    StsError::Refused { code: code.to_owned() }
+}
+
+const RETRYABLE_CODES: [&str; 6] = [
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "IDPCommunicationError",
+];
+
+/// Reduces an SDK error to its code; the message is dropped, as it can name ARNs.
+fn classify<E: ProvideErrorMetadata>(error: SdkError<E, HttpResponse>) -> StsError {
+    match &error {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("Unknown").to_owned();
+            if RETRYABLE_CODES.contains(&code.as_str()) || service.raw().status().is_server_error() {
+                StsError::Unavailable { code }
+            } else {
+                StsError::Refused { code }
+            }
+        }
+        SdkError::TimeoutError(_) => StsError::Unavailable { code: "Timeout".into() },
+        SdkError::DispatchFailure(_) => StsError::Unavailable { code: "ConnectionFailure".into() },
+        SdkError::ResponseError(_) => StsError::Unavailable { code: "BadResponse".into() },
+        _ => refused("RequestNotSent"),
+    }
+}

@@ -1,0 +1,19 @@
+//! token-broker as a library: the binary in `main.rs` only wires these modules together, and the
+//! black-box tests in `tests/` drive the same router the binary serves.
+
+pub mod aws;
+pub mod broker;
+pub mod claims;
+pub mod config;
+pub mod http;
+pub mod lambda;
+pub mod oidc;
+pub mod policy;
+pub mod secret;
+pub mod serve;
+pub mod startup;
+pub mod telemetry;
+
+pub use claims::Claims;
+pub use policy::Policy;
+pub use startup::AppState;

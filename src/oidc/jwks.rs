@@ -1,0 +1,242 @@
+//! The JWKS cache: each issuer's signing keys, fetched only from the policy's `jwks_url`.
+//!
+//! Keys survive warm invocations. A `kid` that is not cached triggers a refetch, at most one per
+//! issuer per cooldown however many requests miss at once (they wait on one lock and share the
+//! result), so unknown `kid`s cannot amplify into fetches. A failed fetch never drops the keys
+//! already cached. Every fetch is capped in time and size and follows no redirect.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::policy::Issuer;
+
+/// Limits for JWKS fetches.
+#[derive(Debug, Clone)]
+pub struct JwksSettings {
+    /// Whole-fetch timeout; default 3 s.
+    pub timeout: Duration,
+    /// Largest JWKS body read; default 64 KiB (gitlab.com's is under 4 KiB).
+    pub max_bytes: usize,
+    /// Least time between two fetches for one issuer after a success; default 60 s.
+    pub cooldown: Duration,
+    /// Least time between two fetches after a failure; default 5 s.
+    pub failure_backoff: Duration,
+    /// Age after which cached keys are refreshed on use (kept if the refresh fails); default 1 h.
+    pub max_age: Duration,
+}
+
+impl Default for JwksSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(3),
+            max_bytes: 64 * 1024,
+            cooldown: Duration::from_secs(60),
+            failure_backoff: Duration::from_secs(5),
+            max_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Why no key could be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The issuer's JWKS, freshly fetched or within the cooldown, has no such `kid`.
+    #[error("the token's kid is not among the issuer's keys")]
+    UnknownKid,
+    /// The JWKS could not be fetched and no cached key has that `kid`: retryable.
+    #[error("the issuer's keys cannot be fetched right now")]
+    Unavailable,
+}
+
+/// The signing keys of every issuer in the policy.
+pub struct JwksCache {
+    client: reqwest::Client,
+    settings: JwksSettings,
+    issuers: HashMap<String, IssuerKeys>,
+}
+
+struct IssuerKeys {
+    jwks_url: String,
+    algorithms: Vec<Algorithm>,
+    keys: RwLock<KeySet>,
+    fetch: Mutex<FetchState>,
+}
+
+#[derive(Default)]
+struct KeySet {
+    by_kid: HashMap<String, Arc<DecodingKey>>,
+    fetched_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct FetchState {
+    last_attempt: Option<Instant>,
+    last_ok: bool,
+}
+
+impl JwksCache {
+    /// An empty cache for the policy's issuers.
+    pub fn new(issuers: &[Issuer], settings: JwksSettings) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("static HTTP client configuration");
+        let issuers = issuers
+            .iter()
+            .map(|issuer| {
+                let keys = IssuerKeys {
+                    jwks_url: issuer.jwks_url.clone(),
+                    algorithms: issuer.algorithms.clone(),
+                    keys: RwLock::default(),
+                    fetch: Mutex::default(),
+                };
+                (issuer.url.clone(), keys)
+            })
+            .collect();
+        Self { client, settings, issuers }
+    }
+
+    /// Fetches every issuer's keys at once, so the first request does not wait for them.
+    /// Failures are logged and left for the first request to retry.
+    pub async fn prefetch(&self) {
+        let fetches = self.issuers.values().map(|issuer| async move {
+            let mut state = issuer.fetch.lock().await;
+            issuer.refresh(&self.client, &self.settings, &mut state).await;
+        });
+        futures_util::future::join_all(fetches).await;
+    }
+
+    /// The key `kid` of issuer `iss` (which the verifier already matched against the policy).
+    pub async fn key(&self, iss: &str, kid: &str) -> Result<Arc<DecodingKey>, KeyError> {
+        let issuer = self.issuers.get(iss).ok_or(KeyError::UnknownKid)?;
+        if let Some(key) = issuer.fresh_key(kid, self.settings.max_age) {
+            return Ok(key);
+        }
+        let mut state = issuer.fetch.lock().await;
+        // Another request may have fetched while this one waited for the lock.
+        if let Some(key) = issuer.fresh_key(kid, self.settings.max_age) {
+            return Ok(key);
+        }
+        if state.may_fetch(&self.settings) {
+            issuer.refresh(&self.client, &self.settings, &mut state).await;
+        }
+        match issuer.cached_key(kid) {
+            Some(key) => Ok(key),
+            None if state.last_ok => Err(KeyError::UnknownKid),
+            None => Err(KeyError::Unavailable),
+        }
+    }
+}
+
+impl FetchState {
+    fn may_fetch(&self, settings: &JwksSettings) -> bool {
+        let wait = if self.last_ok { settings.cooldown } else { settings.failure_backoff };
+        self.last_attempt.is_none_or(|at| at.elapsed() >= wait)
+    }
+}
+
+impl IssuerKeys {
+    fn cached_key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
+        self.keys.read().expect("key set lock").by_kid.get(kid).cloned()
+    }
+
+    fn fresh_key(&self, kid: &str, max_age: Duration) -> Option<Arc<DecodingKey>> {
+        let keys = self.keys.read().expect("key set lock");
+        let fresh = keys.fetched_at.is_some_and(|at| at.elapsed() < max_age);
+        fresh.then(|| keys.by_kid.get(kid).cloned()).flatten()
+    }
+
+    async fn refresh(&self, client: &reqwest::Client, settings: &JwksSettings, state: &mut FetchState) {
+        state.last_attempt = Some(Instant::now());
+        match fetch(client, &self.jwks_url, settings.max_bytes).await {
+            Ok(body) => {
+                let by_kid = usable_keys(&body, &self.algorithms);
+                tracing::info!(jwks_url = %self.jwks_url, keys = by_kid.len(), "fetched JWKS");
+                *self.keys.write().expect("key set lock") = KeySet { by_kid, fetched_at: Some(Instant::now()) };
+                state.last_ok = true;
+            }
+            Err(reason) => {
+                tracing::warn!(jwks_url = %self.jwks_url, %reason, "JWKS fetch failed; keeping cached keys");
+                state.last_ok = false;
+            }
+        }
+    }
+}
+
+async fn fetch(client: &reqwest::Client, url: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
+    let mut response = client.get(url).send().await.map_err(|e| describe(&e))?;
+    if response.status() != reqwest::StatusCode::OK {
+        return Err(format!("status {}", response.status().as_u16()));
+    }
+    if response.content_length().is_some_and(|len| len > max_bytes as u64) {
+        return Err(format!("body larger than {max_bytes} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+        if body.len() + chunk.len() > max_bytes {
+            return Err(format!("body larger than {max_bytes} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn describe(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timed out".into()
+    } else if error.is_connect() {
+        "connection failed".into()
+    } else {
+        "request failed".into()
+    }
+}
+
+/// The keys of a JWKS document that can verify tokens with the issuer's pinned algorithms.
+/// Entries that do not parse, have no `kid`, are for encryption or for another algorithm are
+/// skipped one by one, so one odd key does not take the others down.
+fn usable_keys(body: &[u8], algorithms: &[Algorithm]) -> HashMap<String, Arc<DecodingKey>> {
+    #[derive(Deserialize)]
+    struct Document {
+        keys: Vec<serde_json::Value>,
+    }
+    let Ok(document) = serde_json::from_slice::<Document>(body) else {
+        tracing::warn!("JWKS is not a JSON key set");
+        return HashMap::new();
+    };
+    document
+        .keys
+        .into_iter()
+        .filter_map(|value| serde_json::from_value::<Jwk>(value).ok())
+        .filter(|jwk| fits(jwk, algorithms))
+        .filter_map(|jwk| {
+            let kid = jwk.common.key_id.clone()?;
+            let key = DecodingKey::from_jwk(&jwk).ok()?;
+            Some((kid, Arc::new(key)))
+        })
+        .collect()
+}
+
+fn fits(jwk: &Jwk, algorithms: &[Algorithm]) -> bool {
+    if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+        return false;
+    }
+    let family_ok = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => algorithms.iter().any(|a| matches!(a, Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512)),
+        AlgorithmParameters::EllipticCurve(_) => algorithms.iter().any(|a| matches!(a, Algorithm::ES256 | Algorithm::ES384)),
+        _ => false,
+    };
+    let alg_ok = match jwk.common.key_algorithm {
+        None => true,
+        Some(alg) => algorithms.iter().any(|a| format!("{a:?}") == format!("{alg:?}")),
+    };
+    family_ok && alg_ok
+}

@@ -1,0 +1,188 @@
+//! Verifying GitLab ID tokens: shape, pinned algorithm, the issuer's own keys, exact `iss`, the
+//! broker's `aud`, time claims with leeway, and the CI claims that tell a job's token from a
+//! gitlab.com login token signed with the same keys. Knows nothing of roles or policy rules.
+
+pub mod jwks;
+pub mod token;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Validation, decode, decode_header};
+use serde_json::Value;
+
+pub use jwks::{JwksCache, JwksSettings, KeyError};
+
+use crate::policy::{Policy, REQUIRED_CI_CLAIMS};
+use crate::{Claims, secret::Secret};
+
+/// Why a token was refused. Descriptions are safe to return: they never echo the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{0}")]
+    Malformed(&'static str),
+    #[error("the token's issuer is not trusted by this broker")]
+    UntrustedIssuer,
+    #[error("the token's algorithm is not accepted for its issuer")]
+    Algorithm,
+    #[error("the token header has an unsupported `crit` extension")]
+    Critical,
+    #[error("the token names no key (`kid`)")]
+    NoKid,
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("the token's signature does not verify")]
+    Signature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's `iat` is in the future")]
+    IssuedInFuture,
+    #[error("the token's `aud` does not include this broker's audience {0:?}")]
+    Audience(String),
+    #[error("the token has no `{0}` claim: it is not a GitLab CI job token")]
+    MissingClaim(String),
+    #[error("the token's `{0}` claim has the wrong type or form")]
+    BadClaim(String),
+}
+
+impl VerifyError {
+    /// Whether the caller should retry later (the issuer's keys could not be fetched).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Key(KeyError::Unavailable))
+    }
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    /// Its claims, for the policy.
+    pub claims: Claims,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+}
+
+/// Verifies tokens against the policy's issuers and audience.
+pub struct Verifier {
+    audience: String,
+    issuers: Vec<crate::policy::Issuer>,
+    leeway: Duration,
+    keys: JwksCache,
+}
+
+impl Verifier {
+    /// A verifier for `policy`'s issuers; `leeway` applies to `exp`, `nbf` and `iat`.
+    pub fn new(policy: &Policy, leeway: Duration, settings: JwksSettings) -> Self {
+        Self {
+            audience: policy.audience.clone(),
+            issuers: policy.issuers.clone(),
+            leeway,
+            keys: JwksCache::new(&policy.issuers, settings),
+        }
+    }
+
+    /// Fetches every issuer's keys now; see [`JwksCache::prefetch`].
+    pub async fn prefetch(&self) {
+        self.keys.prefetch().await;
+    }
+
+    /// Verifies `token` and returns its claims.
+    pub async fn verify(&self, token: &Secret) -> Result<VerifiedToken, VerifyError> {
+        let token = token.expose();
+        token::check_shape(token).map_err(VerifyError::Malformed)?;
+        if token::header_has_duplicates(token) {
+            return Err(VerifyError::Malformed("the token header repeats a member"));
+        }
+        let header = decode_header(token).map_err(|_| VerifyError::Malformed("the token header is not a JWS header"))?;
+        let iss = token::unverified_issuer(token).map_err(VerifyError::Malformed)?;
+        let issuer = self.issuers.iter().find(|i| i.url == iss).ok_or(VerifyError::UntrustedIssuer)?;
+        if !issuer.algorithms.contains(&header.alg) {
+            return Err(VerifyError::Algorithm);
+        }
+        // jku, x5u, jwk and x5c are ignored on purpose: keys come only from the policy's jwks_url.
+        if header.crit.is_some() {
+            return Err(VerifyError::Critical);
+        }
+        let kid = header.kid.as_deref().filter(|k| !k.is_empty() && k.len() <= token::MAX_KID_CHARS).ok_or(VerifyError::NoKid)?;
+        let key = self.keys.key(&issuer.url, kid).await?;
+        let object = decode::<token::UniqueObject>(token, &key, &self.validation(&issuer.url, header.alg))
+            .map_err(|e| self.map_error(e.into_kind()))?
+            .claims
+            .0;
+        self.check_claims(&issuer.url, &object)
+    }
+
+    fn validation(&self, issuer: &str, alg: jsonwebtoken::Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.leeway.as_secs();
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.validate_nbf = true;
+        validation
+    }
+
+    fn map_error(&self, kind: ErrorKind) -> VerifyError {
+        match kind {
+            ErrorKind::InvalidSignature => VerifyError::Signature,
+            ErrorKind::ExpiredSignature => VerifyError::Expired,
+            ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
+            ErrorKind::InvalidAudience => VerifyError::Audience(self.audience.clone()),
+            ErrorKind::InvalidIssuer => VerifyError::UntrustedIssuer,
+            ErrorKind::InvalidAlgorithm => VerifyError::Algorithm,
+            ErrorKind::MissingRequiredClaim(claim) => VerifyError::MissingClaim(claim),
+            ErrorKind::InvalidClaimFormat(claim) => VerifyError::BadClaim(claim),
+            ErrorKind::Json(_) => VerifyError::Malformed("the token payload is not a JSON object without duplicate claims"),
+            _ => VerifyError::Malformed("the token cannot be decoded"),
+        }
+    }
+
+    /// Checks jsonwebtoken leaves to us: types of the registered claims, `iat`, and CI claims.
+    fn check_claims(&self, issuer: &str, object: &serde_json::Map<String, Value>) -> Result<VerifiedToken, VerifyError> {
+        if !matches!(object.get("iss"), Some(Value::String(_))) {
+            return Err(VerifyError::BadClaim("iss".into()));
+        }
+        let expires_at = timestamp(object, "exp")?.ok_or_else(|| VerifyError::MissingClaim("exp".into()))?;
+        let issued_at = timestamp(object, "iat")?.ok_or_else(|| VerifyError::MissingClaim("iat".into()))?;
+        let not_before = timestamp(object, "nbf")?;
+        let now = now_secs();
+        if issued_at > now + self.leeway.as_secs() {
+            return Err(VerifyError::IssuedInFuture);
+        }
+        if issued_at >= expires_at || not_before.is_some_and(|nbf| nbf >= expires_at) {
+            return Err(VerifyError::BadClaim("exp".into()));
+        }
+        for claim in REQUIRED_CI_CLAIMS {
+            check_ci_claim(object, claim)?;
+        }
+        Ok(VerifiedToken { claims: Claims::from_json(issuer, object), expires_at })
+    }
+}
+
+/// A NumericDate claim: a non-negative integer, if present.
+fn timestamp(object: &serde_json::Map<String, Value>, name: &str) -> Result<Option<u64>, VerifyError> {
+    match object.get(name) {
+        None => Ok(None),
+        Some(value) => value.as_u64().map(Some).ok_or_else(|| VerifyError::BadClaim(name.into())),
+    }
+}
+
+/// CI claims must be non-empty strings, and GitLab's ids decimal digits.
+fn check_ci_claim(object: &serde_json::Map<String, Value>, claim: &str) -> Result<(), VerifyError> {
+    let value = match object.get(claim) {
+        None => return Err(VerifyError::MissingClaim(claim.into())),
+        Some(Value::String(s)) if !s.is_empty() => s,
+        Some(_) => return Err(VerifyError::BadClaim(claim.into())),
+    };
+    let is_id = claim.ends_with("_id");
+    if is_id && !(value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(VerifyError::BadClaim(claim.into()));
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,278 @@
+//! Raw policy → compiled [`Policy`]: every value checked once, every pattern compiled once, so a
+//! policy that would fail at request time fails at start (and in `policy check`) instead.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use regex::Regex;
+use std::sync::LazyLock;
+use toml::Spanned;
+
+use super::file::{RawIssuer, RawPolicy, RawRole, RawValue, line_column};
+use super::{Condition, Issuer, Pattern, Policy, Role, Rule};
+use crate::aws::names::{MAX_SESSION_POLICY_CHARS, MAX_SESSION_TAGS, RoleArn, SessionTag};
+
+static ROLE_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$").expect("static regex"));
+static CLAIM_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(?:[a-z_][a-z0-9_]{0,63})$").expect("static regex"));
+
+const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(3600);
+const MIN_DURATION: Duration = Duration::from_secs(900);
+const MAX_DURATION: Duration = Duration::from_secs(12 * 3600);
+
+/// A compile error at a byte offset of the policy text.
+#[derive(Debug)]
+pub(super) struct CompileError {
+    pub offset: usize,
+    pub message: String,
+}
+
+fn error_at<T>(span: std::ops::Range<usize>, message: impl Into<String>) -> Result<T, CompileError> {
+    Err(CompileError { offset: span.start, message: message.into() })
+}
+
+pub(super) fn compile(
+    raw: RawPolicy,
+    text: &str,
+    read: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<Policy, CompileError> {
+    if raw.audience.get_ref().trim().is_empty() {
+        return error_at(raw.audience.span(), "`audience` must name the aud GitLab jobs request");
+    }
+    let issuers = compile_issuers(&raw.issuers)?;
+    let roles = raw
+        .roles
+        .iter()
+        .map(|(name, role)| compile_role(name, role, &issuers, text, read))
+        .collect::<Result<_, _>>()?;
+    Ok(Policy { audience: raw.audience.into_inner(), issuers, roles })
+}
+
+fn compile_issuers(raw: &[Spanned<RawIssuer>]) -> Result<Vec<Issuer>, CompileError> {
+    if raw.is_empty() {
+        return error_at(0..0, "the policy trusts no issuer: add an [[issuer]] with the GitLab URL");
+    }
+    let mut issuers: Vec<Issuer> = Vec::new();
+    for entry in raw {
+        let issuer = compile_issuer(entry.get_ref())?;
+        if issuers.iter().any(|known| known.url == issuer.url) {
+            return error_at(entry.span(), format!("issuer {:?} is listed twice", issuer.url));
+        }
+        issuers.push(issuer);
+    }
+    Ok(issuers)
+}
+
+fn compile_issuer(raw: &RawIssuer) -> Result<Issuer, CompileError> {
+    let url = raw.url.get_ref();
+    check_url(url).or_else(|e| error_at(raw.url.span(), format!("issuer url: {e}")))?;
+    let jwks_url = match &raw.jwks_url {
+        Some(jwks) => {
+            check_url(jwks.get_ref()).or_else(|e| error_at(jwks.span(), format!("jwks_url: {e}")))?;
+            jwks.get_ref().clone()
+        }
+        None => format!("{}/oauth/discovery/keys", url.trim_end_matches('/')),
+    };
+    let algorithms = match &raw.algorithms {
+        None => vec![Algorithm::RS256],
+        Some(names) => names
+            .get_ref()
+            .iter()
+            .map(|name| asymmetric_algorithm(name))
+            .collect::<Result<Vec<_>, _>>()
+            .or_else(|e| error_at(names.span(), e))?,
+    };
+    if algorithms.is_empty() {
+        return error_at(raw.url.span(), "`algorithms` cannot be empty");
+    }
+    Ok(Issuer { url: url.clone(), jwks_url, algorithms })
+}
+
+/// https only, except on loopback hosts, where a local GitLab or test issuer runs on http.
+pub(crate) fn check_url(text: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!("{text:?} must use https (http is only for loopback hosts)")),
+        _ => Err(format!("{text:?} must be an https URL")),
+    }?;
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!("{text:?} must not carry a query, fragment or user name"));
+    }
+    Ok(())
+}
+
+fn asymmetric_algorithm(name: &str) -> Result<Algorithm, String> {
+    use Algorithm::*;
+    let algorithm = match name {
+        "RS256" => RS256,
+        "RS384" => RS384,
+        "RS512" => RS512,
+        "PS256" => PS256,
+        "PS384" => PS384,
+        "PS512" => PS512,
+        "ES256" => ES256,
+        "ES384" => ES384,
+        _ => return Err(format!("algorithm {name:?} is not accepted: use RS256 (GitLab) or another asymmetric JWS algorithm")),
+    };
+    Ok(algorithm)
+}
+
+fn compile_role(
+    name: &Spanned<String>,
+    raw: &Spanned<RawRole>,
+    issuers: &[Issuer],
+    text: &str,
+    read: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<Role, CompileError> {
+    if !ROLE_NAME.is_match(name.get_ref()) {
+        return error_at(name.span(), format!("role name {:?} must be 1-64 of A-Z a-z 0-9 _ . - and start with a letter or digit", name.get_ref()));
+    }
+    let role = raw.get_ref();
+    let arn = RoleArn::parse(role.arn.get_ref()).or_else(|e| error_at(role.arn.span(), e))?;
+    let max_duration = match &role.max_duration {
+        None => DEFAULT_MAX_DURATION,
+        Some(d) => parse_duration(d.get_ref()).or_else(|e| error_at(d.span(), format!("max_duration: {e}")))?,
+    };
+    let session_tags = compile_session_tags(&role.session_tags)?;
+    let session_policy = match &role.session_policy {
+        None => None,
+        Some(path) => Some(load_session_policy(path.get_ref(), read).or_else(|e| error_at(path.span(), e))?),
+    };
+    let rules = role
+        .allow
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| compile_rule(i + 1, rule, issuers, text))
+        .collect::<Result<_, _>>()?;
+    Ok(Role { name: name.get_ref().clone(), arn, max_duration, session_tags, session_policy, rules })
+}
+
+/// `"1h"`, `"90m"`, `"3600s"` or `"3600"`, between 15 minutes and 12 hours (STS's limits).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let multiplier = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("{text:?} is not a duration like \"1h\", \"45m\" or \"900s\"")),
+    };
+    let amount: u64 = digits.parse().map_err(|_| format!("{text:?} is not a duration like \"1h\", \"45m\" or \"900s\""))?;
+    let duration = Duration::from_secs(amount.saturating_mul(multiplier));
+    if !(MIN_DURATION..=MAX_DURATION).contains(&duration) {
+        return Err(format!("{text:?} is outside STS's range of 15m to 12h"));
+    }
+    Ok(duration)
+}
+
+fn compile_session_tags(raw: &[Spanned<String>]) -> Result<Vec<String>, CompileError> {
+    if raw.len() > MAX_SESSION_TAGS {
+        return error_at(raw[MAX_SESSION_TAGS].span(), format!("STS takes at most {MAX_SESSION_TAGS} session tags"));
+    }
+    let mut seen = BTreeSet::new();
+    for claim in raw {
+        if !CLAIM_NAME.is_match(claim.get_ref()) {
+            return error_at(claim.span(), format!("session tag {:?} is not a claim name", claim.get_ref()));
+        }
+        SessionTag::key_for_claim(claim.get_ref()).or_else(|e| error_at(claim.span(), e))?;
+        if !seen.insert(claim.get_ref().as_str()) {
+            return error_at(claim.span(), format!("session tag {:?} is listed twice", claim.get_ref()));
+        }
+    }
+    Ok(raw.iter().map(|c| c.get_ref().clone()).collect())
+}
+
+fn load_session_policy(path: &str, read: &dyn Fn(&str) -> Result<String, String>) -> Result<String, String> {
+    let text = read(path).map_err(|e| format!("session_policy {path:?}: {e}"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("session_policy {path:?} is not JSON: {e}"))?;
+    if !json.is_object() {
+        return Err(format!("session_policy {path:?} must be a JSON object (an IAM policy document)"));
+    }
+    let minified = json.to_string();
+    if minified.chars().count() > MAX_SESSION_POLICY_CHARS {
+        return Err(format!(
+            "session_policy {path:?} is {} characters minified; STS takes at most {MAX_SESSION_POLICY_CHARS}",
+            minified.chars().count()
+        ));
+    }
+    Ok(minified)
+}
+
+fn compile_rule(
+    number: usize,
+    raw: &Spanned<BTreeMap<Spanned<String>, Spanned<RawValue>>>,
+    issuers: &[Issuer],
+    text: &str,
+) -> Result<Rule, CompileError> {
+    let mut issuer = None;
+    let mut allow_path_only = false;
+    let mut conditions = Vec::new();
+    for (key, value) in raw.get_ref() {
+        match (key.get_ref().as_str(), value.get_ref()) {
+            ("issuer", RawValue::One(url)) => issuer = Some((url, value.span())),
+            ("issuer", _) => return error_at(value.span(), "`issuer` is one issuer URL"),
+            ("allow_path_only", RawValue::Flag(flag)) => allow_path_only = *flag,
+            ("allow_path_only", _) => return error_at(value.span(), "`allow_path_only` is true or false"),
+            (claim, raw_value) => conditions.push(compile_condition(key, claim, raw_value, value.span())?),
+        }
+    }
+    let issuer = rule_issuer(issuer, issuers, raw.span())?;
+    if conditions.is_empty() {
+        return error_at(raw.span(), "a rule needs at least one claim condition (an empty rule would allow every job)");
+    }
+    let (line, _) = line_column(text, raw.span().start);
+    Ok(Rule { number, line, issuer, conditions, allow_path_only })
+}
+
+fn rule_issuer(
+    named: Option<(&String, std::ops::Range<usize>)>,
+    issuers: &[Issuer],
+    rule_span: std::ops::Range<usize>,
+) -> Result<String, CompileError> {
+    match named {
+        Some((url, span)) => match issuers.iter().find(|i| &i.url == url) {
+            Some(issuer) => Ok(issuer.url.clone()),
+            None => error_at(span, format!("issuer {url:?} is not one of the [[issuer]] entries")),
+        },
+        None if issuers.len() == 1 => Ok(issuers[0].url.clone()),
+        None => error_at(rule_span, "with several issuers, every rule must name its `issuer`"),
+    }
+}
+
+fn compile_condition(
+    key: &Spanned<String>,
+    claim: &str,
+    value: &RawValue,
+    span: std::ops::Range<usize>,
+) -> Result<Condition, CompileError> {
+    if !CLAIM_NAME.is_match(claim) || claim == "iss" {
+        return error_at(key.span(), format!("{claim:?} is not a claim name this broker can match"));
+    }
+    let sources: Vec<&String> = match value {
+        RawValue::One(one) => vec![one],
+        RawValue::Any(any) if !any.is_empty() => any.iter().collect(),
+        RawValue::Any(_) => return error_at(span, format!("condition {claim:?}: an empty list matches nothing")),
+        RawValue::Flag(_) => {
+            return error_at(span, format!("condition {claim:?}: claims are compared as strings; write \"true\" or \"false\""));
+        }
+    };
+    let patterns = sources
+        .into_iter()
+        .map(|s| Pattern::compile(s))
+        .collect::<Result<Vec<_>, _>>()
+        .or_else(|e| error_at(span, format!("condition {claim:?}: {e}")))?;
+    Ok(Condition { claim: claim.to_owned(), patterns })
+}

@@ -1,0 +1,113 @@
+//! Reading the policy file: TOML into raw types, then [`super::compile`]. The only policy module
+//! that touches the file system, and only at start.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::Policy;
+
+/// A policy that cannot be used, with the place in the file that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The policy file.
+    pub file: PathBuf,
+    /// 1-based line, 0 when the problem is not at one place.
+    pub line: usize,
+    /// 1-based column, 0 when unknown.
+    pub column: usize,
+    /// What is wrong and, where it helps, how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (0, _) => write!(f, "{}: {}", self.file.display(), self.message),
+            (line, 0) => write!(f, "{}:{line}: {}", self.file.display(), self.message),
+            (line, column) => write!(f, "{}:{line}:{column}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    pub audience: Spanned<String>,
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<Spanned<RawIssuer>>,
+    #[serde(default, rename = "role")]
+    pub roles: BTreeMap<Spanned<String>, Spanned<RawRole>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIssuer {
+    pub url: Spanned<String>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub algorithms: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRole {
+    pub arn: Spanned<String>,
+    pub max_duration: Option<Spanned<String>>,
+    #[serde(default)]
+    pub session_tags: Vec<Spanned<String>>,
+    pub session_policy: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow: Vec<Spanned<BTreeMap<Spanned<String>, Spanned<RawValue>>>>,
+}
+
+/// A rule entry: a claim condition (string or list of strings) or a rule option.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawValue {
+    One(String),
+    Any(Vec<String>),
+    Flag(bool),
+}
+
+/// Reads and compiles the policy at `path`; session policy files are read relative to it.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+        file: path.to_owned(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read the policy file: {e}"),
+    })?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+    parse(path, &text, &|relative| {
+        std::fs::read_to_string(base.join(relative)).map_err(|e| e.to_string())
+    })
+}
+
+/// Compiles policy `text`, named `file` in messages; `read` returns a session policy file's text.
+pub fn parse(
+    file: &Path,
+    text: &str,
+    read: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<Policy, PolicyError> {
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map_or((0, 0), |span| line_column(text, span.start));
+        PolicyError { file: file.to_owned(), line, column, message: e.message().to_owned() }
+    })?;
+    super::compile::compile(raw, text, read).map_err(|e| {
+        let (line, column) = line_column(text, e.offset);
+        PolicyError { file: file.to_owned(), line, column, message: e.message }
+    })
+}
+
+/// 1-based line and column of a byte offset.
+pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}

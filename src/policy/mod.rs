@@ -1,0 +1,104 @@
+//! The policy file: which GitLab jobs may assume which role. Raw TOML is parsed and compiled once
+//! at start ([`load`]); afterwards [`Policy::decide`] is pure and allocation-light. Deny by default:
+//! a role is allowed only when one of its rules matches every one of its conditions.
+
+mod compile;
+mod decide;
+mod file;
+mod glob;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use decide::{Decision, Denial, RuleFailure};
+pub use file::{PolicyError, load, parse};
+pub use glob::Pattern;
+
+use crate::aws::names::RoleArn;
+
+/// Claims every GitLab CI ID token carries; a token without them is not a CI job's token.
+pub const REQUIRED_CI_CLAIMS: [&str; 6] =
+    ["project_id", "namespace_id", "job_id", "pipeline_id", "ref", "ref_type"];
+
+/// A compiled policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The `aud` GitLab jobs must request for the broker (`id_tokens: …: aud:`).
+    pub audience: String,
+    /// The trusted GitLab instances, matched exactly against `iss`.
+    pub issuers: Vec<Issuer>,
+    /// Roles by name, in file order.
+    pub roles: Vec<Role>,
+}
+
+/// A trusted GitLab instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuer {
+    /// Exactly the token's `iss`.
+    pub url: String,
+    /// Where its keys are fetched; default `{url}/oauth/discovery/keys`. Never taken from a token.
+    pub jwks_url: String,
+    /// JWS algorithms accepted from this issuer; default `["RS256"]`, asymmetric only.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+}
+
+/// A role a job may assume.
+#[derive(Debug, Clone)]
+pub struct Role {
+    /// The name callers ask for (`role=`).
+    pub name: String,
+    /// The IAM role to assume.
+    pub arn: RoleArn,
+    /// Longest session; default 1 h, between 15 min and 12 h.
+    pub max_duration: Duration,
+    /// Claims passed as `gitlab:<claim>` session tags; default none.
+    pub session_tags: Vec<String>,
+    /// Minified JSON session policy that scopes the session down; default none.
+    pub session_policy: Option<String>,
+    /// The rules, any of which allows the role.
+    pub rules: Vec<Rule>,
+}
+
+/// A conjunction of conditions, tied to one issuer.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// 1-based position among its role's rules, as people count them.
+    pub number: usize,
+    /// Line in the policy file, for messages.
+    pub line: usize,
+    /// The issuer whose tokens the rule accepts.
+    pub issuer: String,
+    /// Every condition must hold.
+    pub conditions: Vec<Condition>,
+    /// The rule knowingly pins only paths, not `project_id`/`namespace_id` (a lint waiver).
+    pub allow_path_only: bool,
+}
+
+/// One claim condition: the claim must be present and match any of the patterns.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    /// Claim name, e.g. `ref`.
+    pub claim: String,
+    /// Any of these.
+    pub patterns: Vec<Pattern>,
+}
+
+impl Condition {
+    /// A missing claim never matches.
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        value.is_some_and(|v| self.patterns.iter().any(|p| p.matches(v)))
+    }
+}
+
+impl Policy {
+    /// The issuer whose `url` equals `iss` exactly, if any.
+    pub fn issuer(&self, iss: &str) -> Option<&Issuer> {
+        self.issuers.iter().find(|issuer| issuer.url == iss)
+    }
+
+    /// The role named `name`, if any.
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.roles.iter().find(|role| role.name == name)
+    }
+}

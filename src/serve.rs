@@ -1,0 +1,56 @@
+//! `token-broker serve`: the router on a local HTTP/1.1 port, for development and tests.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::http::{ApiError, MAX_BODY_BYTES, RequestMeta, handle};
+use crate::startup::AppState;
+
+/// Serves until `shutdown` completes; connections already open finish their request.
+pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| respond(state.clone(), request));
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed with an error");
+            }
+        });
+    }
+}
+
+async fn respond(state: Arc<AppState>, request: hyper::Request<Incoming>) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let meta = RequestMeta { request_id: uuid::Uuid::new_v4().to_string() };
+    let (parts, body) = request.into_parts();
+    let response = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => handle(&state, http::Request::from_parts(parts, collected.to_bytes()), meta).await,
+        Err(_) => ApiError::invalid_request(format!("request body exceeds {MAX_BODY_BYTES} bytes or was cut off"))
+            .into_response(&meta.request_id),
+    };
+    Ok(response.map(Full::new))
+}
