@@ -54,7 +54,11 @@ pub struct Broker {
 impl Broker {
     /// A broker for `policy`.
     pub fn new(policy: Arc<Policy>, verifier: Verifier, sts: Sts) -> Self {
-        Self { policy, verifier, sts }
+        Self {
+            policy,
+            verifier,
+            sts,
+        }
     }
 
     /// The token verifier, for start-up prefetching.
@@ -90,7 +94,10 @@ impl Broker {
             Decision::Allow { rule } => rule,
             Decision::Deny(denial) => return Err(BrokerError::AccessDenied(denial.to_string())),
         };
-        let role = self.policy.role(&request.role).expect("an allowed role exists");
+        let role = self
+            .policy
+            .role(&request.role)
+            .expect("an allowed role exists");
         let input = plan(role, verified, request.duration_seconds, now_secs())?;
         let credentials = self.sts.assume_role(&input).await?;
         let issued = Issued {
@@ -105,12 +112,20 @@ impl Broker {
 
 /// Builds the AssumeRole input for an allowed job. Refuses (403, naming the claim) any claim
 /// value STS would not take, rather than rewriting it.
-pub fn plan(role: &Role, verified: &VerifiedToken, requested: Option<u64>, now: u64) -> Result<AssumeRole, BrokerError> {
+pub fn plan(
+    role: &Role,
+    verified: &VerifiedToken,
+    requested: Option<u64>,
+    now: u64,
+) -> Result<AssumeRole, BrokerError> {
     let claims = &verified.claims;
     let session_name = SessionName::for_job(claims.field("project_id"), claims.field("job_id"))
         .map_err(BrokerError::AccessDenied)?;
-    let login = claims.get("user_login").ok_or_else(|| denied_claim("user_login", "is missing"))?;
-    let source_identity = SourceIdentity::parse(login).map_err(|why| denied_claim("user_login", &why))?;
+    let login = claims
+        .get("user_login")
+        .ok_or_else(|| denied_claim("user_login", "is missing"))?;
+    let source_identity =
+        SourceIdentity::parse(login).map_err(|why| denied_claim("user_login", &why))?;
     let tags = role
         .session_tags
         .iter()
@@ -127,7 +142,9 @@ pub fn plan(role: &Role, verified: &VerifiedToken, requested: Option<u64>, now: 
 }
 
 fn session_tag(claims: &crate::Claims, claim: &str) -> Result<SessionTag, BrokerError> {
-    let value = claims.get(claim).ok_or_else(|| denied_claim(claim, "is missing but the role passes it as a session tag"))?;
+    let value = claims
+        .get(claim)
+        .ok_or_else(|| denied_claim(claim, "is missing but the role passes it as a session tag"))?;
     let key = SessionTag::key_for_claim(claim).map_err(BrokerError::AccessDenied)?;
     SessionTag::new(key, value).map_err(|why| denied_claim(claim, &why))
 }
@@ -137,10 +154,19 @@ fn denied_claim(claim: &str, why: &str) -> BrokerError {
 }
 
 /// min(requested, role max, time left on the token), but never under STS's 900 s minimum.
-pub fn session_seconds(requested: Option<u64>, role_max: Duration, expires_at: u64, now: u64) -> i32 {
+pub fn session_seconds(
+    requested: Option<u64>,
+    role_max: Duration,
+    expires_at: u64,
+    now: u64,
+) -> i32 {
     let role_max = role_max.as_secs();
     let left = expires_at.saturating_sub(now);
-    let seconds = requested.unwrap_or(role_max).min(role_max).min(left).max(MIN_SESSION_SECS);
+    let seconds = requested
+        .unwrap_or(role_max)
+        .min(role_max)
+        .min(left)
+        .max(MIN_SESSION_SECS);
     i32::try_from(seconds).unwrap_or(i32::MAX)
 }
 
@@ -155,7 +181,12 @@ fn audit_rejected(request_id: &str, role: &str, error: &VerifyError) {
     );
 }
 
-fn audit(request_id: &str, verified: &VerifiedToken, role: &str, outcome: &Result<(Issued, usize), BrokerError>) {
+fn audit(
+    request_id: &str,
+    verified: &VerifiedToken,
+    role: &str,
+    outcome: &Result<(Issued, usize), BrokerError>,
+) {
     let claims = &verified.claims;
     let (result, rule, reason) = match outcome {
         Ok((_, rule)) => ("allow", Some(*rule), String::new()),
@@ -198,7 +229,11 @@ mod tests {
             (None, hour, now - 30, 900),
         ];
         for (requested, max, exp, expected) in cases {
-            assert_eq!(session_seconds(requested, max, exp, now), expected, "{requested:?} {exp}");
+            assert_eq!(
+                session_seconds(requested, max, exp, now),
+                expected,
+                "{requested:?} {exp}"
+            );
         }
     }
 }

@@ -25,7 +25,10 @@ impl Claims {
                 _ => None,
             })
             .collect();
-        Self { issuer: issuer.into(), values }
+        Self {
+            issuer: issuer.into(),
+            values,
+        }
     }
 
     /// Claims from name/value pairs; for tests and `policy test` cases.
@@ -33,8 +36,14 @@ impl Claims {
         issuer: impl Into<String>,
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Self {
-        let values = pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-        Self { issuer: issuer.into(), values }
+        let values = pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Self {
+            issuer: issuer.into(),
+            values,
+        }
     }
 
     /// The token's `iss`, equal to one of the policy's issuers.

@@ -62,5 +62,10 @@ fn var(name: &str) -> Option<String> {
 }
 
 fn number(name: &str) -> Result<Option<u64>, String> {
-    var(name).map(|v| v.parse().map_err(|_| format!("{name}={v:?} is not a whole number"))).transpose()
+    var(name)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| format!("{name}={v:?} is not a whole number"))
+        })
+        .transpose()
 }

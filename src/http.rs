@@ -33,7 +33,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
-        Self { status, code, description: description.into() }
+        Self {
+            status,
+            code,
+            description: description.into(),
+        }
     }
 
     /// 400 `invalid_request`.
@@ -53,11 +57,18 @@ impl ApiError {
             error_description: &'a str,
             request_id: &'a str,
         }
-        let body = Body { error: self.code, error_description: &self.description, request_id };
+        let body = Body {
+            error: self.code,
+            error_description: &self.description,
+            request_id,
+        };
         let mut response = json_response(self.status, &body);
         let headers = response.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer error="invalid_token""#));
+            headers.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+            );
         }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
@@ -72,21 +83,33 @@ impl From<BrokerError> for ApiError {
         let description = error.to_string();
         match error {
             BrokerError::InvalidRequest(_) => Self::invalid_request(description),
-            BrokerError::InvalidToken(e) if e.is_retryable() => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description)
-            }
+            BrokerError::InvalidToken(e) if e.is_retryable() => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                description,
+            ),
             BrokerError::InvalidToken(_) => Self::invalid_token(description),
-            BrokerError::AccessDenied(_) => Self::new(StatusCode::FORBIDDEN, "access_denied", description),
-            BrokerError::Sts(StsError::Unavailable { .. }) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description)
+            BrokerError::AccessDenied(_) => {
+                Self::new(StatusCode::FORBIDDEN, "access_denied", description)
             }
-            BrokerError::Sts(StsError::Refused { .. }) => Self::new(StatusCode::BAD_GATEWAY, "server_error", description),
+            BrokerError::Sts(StsError::Unavailable { .. }) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                description,
+            ),
+            BrokerError::Sts(StsError::Refused { .. }) => {
+                Self::new(StatusCode::BAD_GATEWAY, "server_error", description)
+            }
         }
     }
 }
 
 /// Routes one request. Never panics on input; every failure is a JSON error.
-pub async fn handle(state: &AppState, request: Request<Bytes>, meta: RequestMeta) -> Response<Bytes> {
+pub async fn handle(
+    state: &AppState,
+    request: Request<Bytes>,
+    meta: RequestMeta,
+) -> Response<Bytes> {
     let mut response = match route(state, &request, &meta).await {
         Ok(response) => response,
         Err(error) => error.into_response(&meta.request_id),
@@ -97,21 +120,41 @@ pub async fn handle(state: &AppState, request: Request<Bytes>, meta: RequestMeta
     response
 }
 
-async fn route(state: &AppState, request: &Request<Bytes>, meta: &RequestMeta) -> Result<Response<Bytes>, ApiError> {
+async fn route(
+    state: &AppState,
+    request: &Request<Bytes>,
+    meta: &RequestMeta,
+) -> Result<Response<Bytes>, ApiError> {
     match (request.method(), request.uri().path()) {
-        (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        (&Method::GET, "/healthz") => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok"}),
+        )),
         (&Method::POST, "/v1/credentials") => credentials(state, request, meta).await,
-        (_, "/healthz" | "/v1/credentials") => {
-            Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "method not allowed"))
-        }
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")),
+        (_, "/healthz" | "/v1/credentials") => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            "method not allowed",
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route",
+        )),
     }
 }
 
-async fn credentials(state: &AppState, request: &Request<Bytes>, meta: &RequestMeta) -> Result<Response<Bytes>, ApiError> {
+async fn credentials(
+    state: &AppState,
+    request: &Request<Bytes>,
+    meta: &RequestMeta,
+) -> Result<Response<Bytes>, ApiError> {
     let params = CredentialsParams::parse(request)?;
     let token = bearer_token(request)?;
-    let issued = state.broker.credentials(&token, &params.request, &meta.request_id).await?;
+    let issued = state
+        .broker
+        .credentials(&token, &params.request, &meta.request_id)
+        .await?;
     Ok(match params.format {
         Format::Json => credentials_json(&issued),
         Format::Env => credentials_env(&issued),
@@ -145,13 +188,25 @@ impl CredentialsParams {
         let role = one_of("role", query.role, body.role)?
             .ok_or_else(|| ApiError::invalid_request("`role` is required (query or JSON body)"))?;
         check_role_name(&role)?;
-        let duration_seconds = one_of("duration_seconds", query.duration_seconds, body.duration_seconds)?;
+        let duration_seconds = one_of(
+            "duration_seconds",
+            query.duration_seconds,
+            body.duration_seconds,
+        )?;
         if let Some(seconds) = duration_seconds
             && !(900..=43_200).contains(&seconds)
         {
-            return Err(ApiError::invalid_request("`duration_seconds` must be between 900 and 43200"));
+            return Err(ApiError::invalid_request(
+                "`duration_seconds` must be between 900 and 43200",
+            ));
         }
-        Ok(Self { request: CredentialsRequest { role, duration_seconds }, format: query.format })
+        Ok(Self {
+            request: CredentialsRequest {
+                role,
+                duration_seconds,
+            },
+            format: query.format,
+        })
     }
 }
 
@@ -163,18 +218,26 @@ struct Query {
 
 impl Query {
     fn parse(query: &str) -> Result<Self, ApiError> {
-        let mut parsed = Self { role: None, duration_seconds: None, format: Format::Json };
+        let mut parsed = Self {
+            role: None,
+            duration_seconds: None,
+            format: Format::Json,
+        };
         let mut seen = Vec::new();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             if seen.contains(&name) {
-                return Err(ApiError::invalid_request(format!("query parameter `{name}` is repeated")));
+                return Err(ApiError::invalid_request(format!(
+                    "query parameter `{name}` is repeated"
+                )));
             }
             match name.as_ref() {
                 "role" => parsed.role = Some(value.into_owned()),
                 "duration_seconds" => {
-                    let seconds = value
-                        .parse()
-                        .map_err(|_| ApiError::invalid_request("`duration_seconds` must be a whole number of seconds"))?;
+                    let seconds = value.parse().map_err(|_| {
+                        ApiError::invalid_request(
+                            "`duration_seconds` must be a whole number of seconds",
+                        )
+                    })?;
                     parsed.duration_seconds = Some(seconds);
                 }
                 "format" => {
@@ -195,12 +258,18 @@ impl Query {
 fn json_body(request: &Request<Bytes>) -> Result<JsonBody, ApiError> {
     let body = request.body();
     if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::invalid_request(format!("request body exceeds {MAX_BODY_BYTES} bytes")));
+        return Err(ApiError::invalid_request(format!(
+            "request body exceeds {MAX_BODY_BYTES} bytes"
+        )));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(JsonBody::default());
     }
-    let content_type = request.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let media_type = content_type.split(';').next().unwrap_or("").trim();
     if !media_type.eq_ignore_ascii_case("application/json") {
         return Err(ApiError::new(
@@ -209,22 +278,40 @@ fn json_body(request: &Request<Bytes>) -> Result<JsonBody, ApiError> {
             "the request body must be application/json",
         ));
     }
-    serde_json::from_slice(body)
-        .map_err(|_| ApiError::invalid_request("the body must be a JSON object with `role` and optional `duration_seconds`"))
+    serde_json::from_slice(body).map_err(|_| {
+        ApiError::invalid_request(
+            "the body must be a JSON object with `role` and optional `duration_seconds`",
+        )
+    })
 }
 
-fn one_of<T: PartialEq>(name: &str, query: Option<T>, body: Option<T>) -> Result<Option<T>, ApiError> {
+fn one_of<T: PartialEq>(
+    name: &str,
+    query: Option<T>,
+    body: Option<T>,
+) -> Result<Option<T>, ApiError> {
     match (query, body) {
-        (Some(_), Some(_)) => Err(ApiError::invalid_request(format!("`{name}` is given in both the query and the body"))),
+        (Some(_), Some(_)) => Err(ApiError::invalid_request(format!(
+            "`{name}` is given in both the query and the body"
+        ))),
         (query, body) => Ok(query.or(body)),
     }
 }
 
 fn check_role_name(role: &str) -> Result<(), ApiError> {
     let legal = (1..=64).contains(&role.len())
-        && role.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && role.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if legal { Ok(()) } else { Err(ApiError::invalid_request("`role` is not a role name")) }
+        && role
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if legal {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_request("`role` is not a role name"))
+    }
 }
 
 /// The bearer token, size-capped before anything else reads it.
@@ -232,18 +319,34 @@ fn bearer_token(request: &Request<Bytes>) -> Result<Secret, ApiError> {
     let mut values = request.headers().get_all(AUTHORIZATION).iter();
     let header = match (values.next(), values.next()) {
         (Some(value), None) => value,
-        (None, _) => return Err(ApiError::invalid_token("missing `Authorization: Bearer <GitLab ID token>`")),
-        (Some(_), Some(_)) => return Err(ApiError::invalid_request("more than one Authorization header")),
+        (None, _) => {
+            return Err(ApiError::invalid_token(
+                "missing `Authorization: Bearer <GitLab ID token>`",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_request(
+                "more than one Authorization header",
+            ));
+        }
     };
     if header.len() > MAX_TOKEN_BYTES + 7 {
-        return Err(ApiError::invalid_request(format!("the token exceeds {MAX_TOKEN_BYTES} bytes")));
+        return Err(ApiError::invalid_request(format!(
+            "the token exceeds {MAX_TOKEN_BYTES} bytes"
+        )));
     }
-    let text = header.to_str().map_err(|_| ApiError::invalid_token("the Authorization header is not ASCII"))?;
+    let text = header
+        .to_str()
+        .map_err(|_| ApiError::invalid_token("the Authorization header is not ASCII"))?;
     match text.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(Secret::new(token.trim()))
         }
-        _ => Err(ApiError::invalid_token("the Authorization header must be `Bearer <token>`")),
+        _ => Err(ApiError::invalid_token(
+            "the Authorization header must be `Bearer <token>`",
+        )),
     }
 }
 
@@ -270,18 +373,31 @@ fn credentials_env(issued: &Issued) -> Response<Bytes> {
     let credentials = &issued.credentials;
     let lines = [
         ("AWS_ACCESS_KEY_ID", credentials.access_key_id.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key.expose()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            credentials.secret_access_key.expose(),
+        ),
         ("AWS_SESSION_TOKEN", credentials.session_token.expose()),
         ("AWS_CREDENTIAL_EXPIRATION", credentials.expiration.as_str()),
     ];
     if lines.iter().any(|(_, value)| value.contains('\'')) {
-        return ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "STS returned unusable credentials")
-            .into_response("");
+        return ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "STS returned unusable credentials",
+        )
+        .into_response("");
     }
-    let text: String = lines.iter().map(|(name, value)| format!("export {name}='{value}'\n")).collect();
+    let text: String = lines
+        .iter()
+        .map(|(name, value)| format!("export {name}='{value}'\n"))
+        .collect();
     let mut response = Response::new(Bytes::from(text));
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

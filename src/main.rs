@@ -10,7 +10,10 @@ use token_broker::config::Settings;
 use token_broker::{AppState, aws, lambda, policy, serve, telemetry};
 
 #[derive(Parser)]
-#[command(version, about = "Turns GitLab CI ID tokens into short-lived, policy-scoped AWS credentials")]
+#[command(
+    version,
+    about = "Turns GitLab CI ID tokens into short-lived, policy-scoped AWS credentials"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -37,7 +40,10 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(error) => return fail(&error),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match cli.command {
         Some(Command::Serve { policy, listen }) => {
             if let Some(policy) = policy {

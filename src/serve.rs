@@ -44,13 +44,27 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     }
 }
 
-async fn respond(state: Arc<AppState>, request: hyper::Request<Incoming>) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    let meta = RequestMeta { request_id: uuid::Uuid::new_v4().to_string() };
+async fn respond(
+    state: Arc<AppState>,
+    request: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let meta = RequestMeta {
+        request_id: uuid::Uuid::new_v4().to_string(),
+    };
     let (parts, body) = request.into_parts();
     let response = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => handle(&state, http::Request::from_parts(parts, collected.to_bytes()), meta).await,
-        Err(_) => ApiError::invalid_request(format!("request body exceeds {MAX_BODY_BYTES} bytes or was cut off"))
-            .into_response(&meta.request_id),
+        Ok(collected) => {
+            handle(
+                &state,
+                http::Request::from_parts(parts, collected.to_bytes()),
+                meta,
+            )
+            .await
+        }
+        Err(_) => ApiError::invalid_request(format!(
+            "request body exceeds {MAX_BODY_BYTES} bytes or was cut off"
+        ))
+        .into_response(&meta.request_id),
     };
     Ok(response.map(Full::new))
 }

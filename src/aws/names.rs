@@ -33,7 +33,9 @@ impl RoleArn {
         if arn.len() <= 2048 && ROLE_ARN.is_match(arn) {
             Ok(Self(arn.to_owned()))
         } else {
-            Err(format!("{arn:?} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"))
+            Err(format!(
+                "{arn:?} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"
+            ))
         }
     }
 
@@ -83,7 +85,10 @@ impl SourceIdentity {
         if legal {
             Ok(Self(value.to_owned()))
         } else {
-            Err("is not a legal SourceIdentity (2-64 characters of letters, digits and _+=,.@-)".into())
+            Err(
+                "is not a legal SourceIdentity (2-64 characters of letters, digits and _+=,.@-)"
+                    .into(),
+            )
         }
     }
 
@@ -107,14 +112,19 @@ impl SessionTag {
         if key.chars().count() <= 128 && TAG_CHARS.is_match(&key) {
             Ok(key)
         } else {
-            Err(format!("claim {claim:?} does not make a legal session tag key"))
+            Err(format!(
+                "claim {claim:?} does not make a legal session tag key"
+            ))
         }
     }
 
     /// A tag for a claim value; values STS would refuse are refused here, never rewritten.
     pub fn new(key: String, value: &str) -> Result<Self, String> {
         if value.chars().count() <= 256 && TAG_CHARS.is_match(value) {
-            Ok(Self { key, value: value.to_owned() })
+            Ok(Self {
+                key,
+                value: value.to_owned(),
+            })
         } else {
             Err("is not a legal session tag value (at most 256 letters, digits, spaces and _.:/=+-@)".into())
         }
@@ -155,7 +165,10 @@ mod tests {
 
     #[test]
     fn session_names_come_from_project_and_job() {
-        assert_eq!(SessionName::for_job("4242", "7654321").unwrap().as_str(), "gitlab-4242-7654321");
+        assert_eq!(
+            SessionName::for_job("4242", "7654321").unwrap().as_str(),
+            "gitlab-4242-7654321"
+        );
         assert!(SessionName::for_job("42 42", "1").is_err());
         assert!(SessionName::for_job("1", &"9".repeat(64)).is_err());
     }

@@ -50,7 +50,9 @@ pub struct Sts {
 impl Sts {
     /// An adapter around an SDK client built from `config`.
     pub fn new(config: &aws_config::SdkConfig) -> Self {
-        Self { client: aws_sdk_sts::Client::new(config) }
+        Self {
+            client: aws_sdk_sts::Client::new(config),
+        }
     }
 
     /// Calls AssumeRole.
@@ -58,7 +60,13 @@ impl Sts {
         let tags = input
             .tags
             .iter()
-            .map(|t| Tag::builder().key(t.key()).value(t.value()).build().map_err(|_| refused("InvalidTag")))
+            .map(|t| {
+                Tag::builder()
+                    .key(t.key())
+                    .value(t.value())
+                    .build()
+                    .map_err(|_| refused("InvalidTag"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let output = self
             .client
@@ -72,7 +80,9 @@ impl Sts {
             .send()
             .await
             .map_err(classify)?;
-        let credentials = output.credentials.ok_or_else(|| refused("MissingCredentials"))?;
+        let credentials = output
+            .credentials
+            .ok_or_else(|| refused("MissingCredentials"))?;
         let expiration = credentials
             .expiration
             .fmt(DateTimeFormat::DateTime)
@@ -88,7 +98,9 @@ impl Sts {
 }
 
 fn refused(code: &str) -> StsError {
-    StsError::Refused { code: code.to_owned() }
+    StsError::Refused {
+        code: code.to_owned(),
+    }
 }
 
 const RETRYABLE_CODES: [&str; 6] = [
@@ -105,15 +117,22 @@ fn classify<E: ProvideErrorMetadata>(error: SdkError<E, HttpResponse>) -> StsErr
     match &error {
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or("Unknown").to_owned();
-            if RETRYABLE_CODES.contains(&code.as_str()) || service.raw().status().is_server_error() {
+            if RETRYABLE_CODES.contains(&code.as_str()) || service.raw().status().is_server_error()
+            {
                 StsError::Unavailable { code }
             } else {
                 StsError::Refused { code }
             }
         }
-        SdkError::TimeoutError(_) => StsError::Unavailable { code: "Timeout".into() },
-        SdkError::DispatchFailure(_) => StsError::Unavailable { code: "ConnectionFailure".into() },
-        SdkError::ResponseError(_) => StsError::Unavailable { code: "BadResponse".into() },
+        SdkError::TimeoutError(_) => StsError::Unavailable {
+            code: "Timeout".into(),
+        },
+        SdkError::DispatchFailure(_) => StsError::Unavailable {
+            code: "ConnectionFailure".into(),
+        },
+        SdkError::ResponseError(_) => StsError::Unavailable {
+            code: "BadResponse".into(),
+        },
         _ => refused("RequestNotSent"),
     }
 }

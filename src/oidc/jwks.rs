@@ -102,7 +102,11 @@ impl JwksCache {
                 (issuer.url.clone(), keys)
             })
             .collect();
-        Self { client, settings, issuers }
+        Self {
+            client,
+            settings,
+            issuers,
+        }
     }
 
     /// Fetches every issuer's keys at once, so the first request does not wait for them.
@@ -110,7 +114,9 @@ impl JwksCache {
     pub async fn prefetch(&self) {
         let fetches = self.issuers.values().map(|issuer| async move {
             let mut state = issuer.fetch.lock().await;
-            issuer.refresh(&self.client, &self.settings, &mut state).await;
+            issuer
+                .refresh(&self.client, &self.settings, &mut state)
+                .await;
         });
         futures_util::future::join_all(fetches).await;
     }
@@ -127,7 +133,9 @@ impl JwksCache {
             return Ok(key);
         }
         if state.may_fetch(&self.settings) {
-            issuer.refresh(&self.client, &self.settings, &mut state).await;
+            issuer
+                .refresh(&self.client, &self.settings, &mut state)
+                .await;
         }
         match issuer.cached_key(kid) {
             Some(key) => Ok(key),
@@ -139,14 +147,23 @@ impl JwksCache {
 
 impl FetchState {
     fn may_fetch(&self, settings: &JwksSettings) -> bool {
-        let wait = if self.last_ok { settings.cooldown } else { settings.failure_backoff };
+        let wait = if self.last_ok {
+            settings.cooldown
+        } else {
+            settings.failure_backoff
+        };
         self.last_attempt.is_none_or(|at| at.elapsed() >= wait)
     }
 }
 
 impl IssuerKeys {
     fn cached_key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
-        self.keys.read().expect("key set lock").by_kid.get(kid).cloned()
+        self.keys
+            .read()
+            .expect("key set lock")
+            .by_kid
+            .get(kid)
+            .cloned()
     }
 
     fn fresh_key(&self, kid: &str, max_age: Duration) -> Option<Arc<DecodingKey>> {
@@ -155,13 +172,21 @@ impl IssuerKeys {
         fresh.then(|| keys.by_kid.get(kid).cloned()).flatten()
     }
 
-    async fn refresh(&self, client: &reqwest::Client, settings: &JwksSettings, state: &mut FetchState) {
+    async fn refresh(
+        &self,
+        client: &reqwest::Client,
+        settings: &JwksSettings,
+        state: &mut FetchState,
+    ) {
         state.last_attempt = Some(Instant::now());
         match fetch(client, &self.jwks_url, settings.max_bytes).await {
             Ok(body) => {
                 let by_kid = usable_keys(&body, &self.algorithms);
                 tracing::info!(jwks_url = %self.jwks_url, keys = by_kid.len(), "fetched JWKS");
-                *self.keys.write().expect("key set lock") = KeySet { by_kid, fetched_at: Some(Instant::now()) };
+                *self.keys.write().expect("key set lock") = KeySet {
+                    by_kid,
+                    fetched_at: Some(Instant::now()),
+                };
                 state.last_ok = true;
             }
             Err(reason) => {
@@ -177,7 +202,10 @@ async fn fetch(client: &reqwest::Client, url: &str, max_bytes: usize) -> Result<
     if response.status() != reqwest::StatusCode::OK {
         return Err(format!("status {}", response.status().as_u16()));
     }
-    if response.content_length().is_some_and(|len| len > max_bytes as u64) {
+    if response
+        .content_length()
+        .is_some_and(|len| len > max_bytes as u64)
+    {
         return Err(format!("body larger than {max_bytes} bytes"));
     }
     let mut body = Vec::new();
@@ -230,13 +258,27 @@ fn fits(jwk: &Jwk, algorithms: &[Algorithm]) -> bool {
         return false;
     }
     let family_ok = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => algorithms.iter().any(|a| matches!(a, Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512)),
-        AlgorithmParameters::EllipticCurve(_) => algorithms.iter().any(|a| matches!(a, Algorithm::ES256 | Algorithm::ES384)),
+        AlgorithmParameters::RSA(_) => algorithms.iter().any(|a| {
+            matches!(
+                a,
+                Algorithm::RS256
+                    | Algorithm::RS384
+                    | Algorithm::RS512
+                    | Algorithm::PS256
+                    | Algorithm::PS384
+                    | Algorithm::PS512
+            )
+        }),
+        AlgorithmParameters::EllipticCurve(_) => algorithms
+            .iter()
+            .any(|a| matches!(a, Algorithm::ES256 | Algorithm::ES384)),
         _ => false,
     };
     let alg_ok = match jwk.common.key_algorithm {
         None => true,
-        Some(alg) => algorithms.iter().any(|a| format!("{a:?}") == format!("{alg:?}")),
+        Some(alg) => algorithms
+            .iter()
+            .any(|a| format!("{a:?}") == format!("{alg:?}")),
     };
     family_ok && alg_ok
 }

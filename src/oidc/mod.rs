@@ -94,9 +94,14 @@ impl Verifier {
         if token::header_has_duplicates(token) {
             return Err(VerifyError::Malformed("the token header repeats a member"));
         }
-        let header = decode_header(token).map_err(|_| VerifyError::Malformed("the token header is not a JWS header"))?;
+        let header = decode_header(token)
+            .map_err(|_| VerifyError::Malformed("the token header is not a JWS header"))?;
         let iss = token::unverified_issuer(token).map_err(VerifyError::Malformed)?;
-        let issuer = self.issuers.iter().find(|i| i.url == iss).ok_or(VerifyError::UntrustedIssuer)?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.url == iss)
+            .ok_or(VerifyError::UntrustedIssuer)?;
         if !issuer.algorithms.contains(&header.alg) {
             return Err(VerifyError::Algorithm);
         }
@@ -104,12 +109,17 @@ impl Verifier {
         if header.crit.is_some() {
             return Err(VerifyError::Critical);
         }
-        let kid = header.kid.as_deref().filter(|k| !k.is_empty() && k.len() <= token::MAX_KID_CHARS).ok_or(VerifyError::NoKid)?;
+        let kid = header
+            .kid
+            .as_deref()
+            .filter(|k| !k.is_empty() && k.len() <= token::MAX_KID_CHARS)
+            .ok_or(VerifyError::NoKid)?;
         let key = self.keys.key(&issuer.url, kid).await?;
-        let object = decode::<token::UniqueObject>(token, &key, &self.validation(&issuer.url, header.alg))
-            .map_err(|e| self.map_error(e.into_kind()))?
-            .claims
-            .0;
+        let object =
+            decode::<token::UniqueObject>(token, &key, &self.validation(&issuer.url, header.alg))
+                .map_err(|e| self.map_error(e.into_kind()))?
+                .claims
+                .0;
         self.check_claims(&issuer.url, &object)
     }
 
@@ -133,18 +143,26 @@ impl Verifier {
             ErrorKind::InvalidAlgorithm => VerifyError::Algorithm,
             ErrorKind::MissingRequiredClaim(claim) => VerifyError::MissingClaim(claim),
             ErrorKind::InvalidClaimFormat(claim) => VerifyError::BadClaim(claim),
-            ErrorKind::Json(_) => VerifyError::Malformed("the token payload is not a JSON object without duplicate claims"),
+            ErrorKind::Json(_) => VerifyError::Malformed(
+                "the token payload is not a JSON object without duplicate claims",
+            ),
             _ => VerifyError::Malformed("the token cannot be decoded"),
         }
     }
 
     /// Checks jsonwebtoken leaves to us: types of the registered claims, `iat`, and CI claims.
-    fn check_claims(&self, issuer: &str, object: &serde_json::Map<String, Value>) -> Result<VerifiedToken, VerifyError> {
+    fn check_claims(
+        &self,
+        issuer: &str,
+        object: &serde_json::Map<String, Value>,
+    ) -> Result<VerifiedToken, VerifyError> {
         if !matches!(object.get("iss"), Some(Value::String(_))) {
             return Err(VerifyError::BadClaim("iss".into()));
         }
-        let expires_at = timestamp(object, "exp")?.ok_or_else(|| VerifyError::MissingClaim("exp".into()))?;
-        let issued_at = timestamp(object, "iat")?.ok_or_else(|| VerifyError::MissingClaim("iat".into()))?;
+        let expires_at =
+            timestamp(object, "exp")?.ok_or_else(|| VerifyError::MissingClaim("exp".into()))?;
+        let issued_at =
+            timestamp(object, "iat")?.ok_or_else(|| VerifyError::MissingClaim("iat".into()))?;
         let not_before = timestamp(object, "nbf")?;
         let now = now_secs();
         if issued_at > now + self.leeway.as_secs() {
@@ -156,15 +174,24 @@ impl Verifier {
         for claim in REQUIRED_CI_CLAIMS {
             check_ci_claim(object, claim)?;
         }
-        Ok(VerifiedToken { claims: Claims::from_json(issuer, object), expires_at })
+        Ok(VerifiedToken {
+            claims: Claims::from_json(issuer, object),
+            expires_at,
+        })
     }
 }
 
 /// A NumericDate claim: a non-negative integer, if present.
-fn timestamp(object: &serde_json::Map<String, Value>, name: &str) -> Result<Option<u64>, VerifyError> {
+fn timestamp(
+    object: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<u64>, VerifyError> {
     match object.get(name) {
         None => Ok(None),
-        Some(value) => value.as_u64().map(Some).ok_or_else(|| VerifyError::BadClaim(name.into())),
+        Some(value) => value
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| VerifyError::BadClaim(name.into())),
     }
 }
 
@@ -184,5 +211,7 @@ fn check_ci_claim(object: &serde_json::Map<String, Value>, claim: &str) -> Resul
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

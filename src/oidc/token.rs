@@ -6,8 +6,8 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 /// Longest token accepted; GitLab's are about 1.5 KiB.
@@ -24,7 +24,11 @@ pub fn check_shape(token: &str) -> Result<(), &'static str> {
     if segments.len() != 3 {
         return Err("token is not a signed JWT (three dot-separated parts)");
     }
-    let base64url = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let base64url = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
     if !segments.iter().all(|s| base64url(s)) {
         return Err("token parts are not base64url");
     }
@@ -38,8 +42,11 @@ pub fn unverified_issuer(token: &str) -> Result<String, &'static str> {
         iss: String,
     }
     let payload = token.split('.').nth(1).ok_or("token has no payload")?;
-    let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| "token payload is not base64url")?;
-    let claims: IssOnly = serde_json::from_slice(&bytes).map_err(|_| "token payload has no string `iss`")?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| "token payload is not base64url")?;
+    let claims: IssOnly =
+        serde_json::from_slice(&bytes).map_err(|_| "token payload has no string `iss`")?;
     Ok(claims.iss)
 }
 
@@ -76,8 +83,12 @@ impl<'de> Deserialize<'de> for UniqueObject {
 
 /// Whether a header's raw JSON repeats a member name (`alg` twice, say).
 pub fn header_has_duplicates(token: &str) -> bool {
-    let Some(header) = token.split('.').next() else { return true };
-    let Ok(bytes) = URL_SAFE_NO_PAD.decode(header) else { return true };
+    let Some(header) = token.split('.').next() else {
+        return true;
+    };
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(header) else {
+        return true;
+    };
     serde_json::from_slice::<UniqueObject>(&bytes).is_err()
 }
 
@@ -105,14 +116,23 @@ mod tests {
         let ok: UniqueObject = serde_json::from_str(r#"{"aud":"x","sub":"y"}"#).unwrap();
         assert_eq!(ok.0.len(), 2);
         assert!(serde_json::from_str::<UniqueObject>(r#"{"aud":"x","aud":"y"}"#).is_err());
-        assert!(header_has_duplicates(&format!("{}.x.y", b64(r#"{"alg":"RS256","alg":"none"}"#))));
-        assert!(!header_has_duplicates(&format!("{}.x.y", b64(r#"{"alg":"RS256","kid":"k"}"#))));
+        assert!(header_has_duplicates(&format!(
+            "{}.x.y",
+            b64(r#"{"alg":"RS256","alg":"none"}"#)
+        )));
+        assert!(!header_has_duplicates(&format!(
+            "{}.x.y",
+            b64(r#"{"alg":"RS256","kid":"k"}"#)
+        )));
     }
 
     #[test]
     fn issuer_is_read_only_as_a_string() {
         let token = format!("h.{}.s", b64(r#"{"iss":"https://gitlab.example.com"}"#));
-        assert_eq!(unverified_issuer(&token).unwrap(), "https://gitlab.example.com");
+        assert_eq!(
+            unverified_issuer(&token).unwrap(),
+            "https://gitlab.example.com"
+        );
         let token = format!("h.{}.s", b64(r#"{"iss":["https://gitlab.example.com"]}"#));
         assert!(unverified_issuer(&token).is_err());
         let token = format!("h.{}.s", b64(r#"{"iss":"a","iss":"b"}"#));

@@ -29,8 +29,14 @@ pub(super) struct CompileError {
     pub message: String,
 }
 
-fn error_at<T>(span: std::ops::Range<usize>, message: impl Into<String>) -> Result<T, CompileError> {
-    Err(CompileError { offset: span.start, message: message.into() })
+fn error_at<T>(
+    span: std::ops::Range<usize>,
+    message: impl Into<String>,
+) -> Result<T, CompileError> {
+    Err(CompileError {
+        offset: span.start,
+        message: message.into(),
+    })
 }
 
 pub(super) fn compile(
@@ -39,7 +45,10 @@ pub(super) fn compile(
     read: &dyn Fn(&str) -> Result<String, String>,
 ) -> Result<Policy, CompileError> {
     if raw.audience.get_ref().trim().is_empty() {
-        return error_at(raw.audience.span(), "`audience` must name the aud GitLab jobs request");
+        return error_at(
+            raw.audience.span(),
+            "`audience` must name the aud GitLab jobs request",
+        );
     }
     let issuers = compile_issuers(&raw.issuers)?;
     let roles = raw
@@ -47,18 +56,28 @@ pub(super) fn compile(
         .iter()
         .map(|(name, role)| compile_role(name, role, &issuers, text, read))
         .collect::<Result<_, _>>()?;
-    Ok(Policy { audience: raw.audience.into_inner(), issuers, roles })
+    Ok(Policy {
+        audience: raw.audience.into_inner(),
+        issuers,
+        roles,
+    })
 }
 
 fn compile_issuers(raw: &[Spanned<RawIssuer>]) -> Result<Vec<Issuer>, CompileError> {
     if raw.is_empty() {
-        return error_at(0..0, "the policy trusts no issuer: add an [[issuer]] with the GitLab URL");
+        return error_at(
+            0..0,
+            "the policy trusts no issuer: add an [[issuer]] with the GitLab URL",
+        );
     }
     let mut issuers: Vec<Issuer> = Vec::new();
     for entry in raw {
         let issuer = compile_issuer(entry.get_ref())?;
         if issuers.iter().any(|known| known.url == issuer.url) {
-            return error_at(entry.span(), format!("issuer {:?} is listed twice", issuer.url));
+            return error_at(
+                entry.span(),
+                format!("issuer {:?} is listed twice", issuer.url),
+            );
         }
         issuers.push(issuer);
     }
@@ -70,7 +89,8 @@ fn compile_issuer(raw: &RawIssuer) -> Result<Issuer, CompileError> {
     check_url(url).or_else(|e| error_at(raw.url.span(), format!("issuer url: {e}")))?;
     let jwks_url = match &raw.jwks_url {
         Some(jwks) => {
-            check_url(jwks.get_ref()).or_else(|e| error_at(jwks.span(), format!("jwks_url: {e}")))?;
+            check_url(jwks.get_ref())
+                .or_else(|e| error_at(jwks.span(), format!("jwks_url: {e}")))?;
             jwks.get_ref().clone()
         }
         None => format!("{}/oauth/discovery/keys", url.trim_end_matches('/')),
@@ -87,7 +107,11 @@ fn compile_issuer(raw: &RawIssuer) -> Result<Issuer, CompileError> {
     if algorithms.is_empty() {
         return error_at(raw.url.span(), "`algorithms` cannot be empty");
     }
-    Ok(Issuer { url: url.clone(), jwks_url, algorithms })
+    Ok(Issuer {
+        url: url.clone(),
+        jwks_url,
+        algorithms,
+    })
 }
 
 /// https only, except on loopback hosts, where a local GitLab or test issuer runs on http.
@@ -102,11 +126,15 @@ pub(crate) fn check_url(text: &str) -> Result<(), String> {
     match url.scheme() {
         "https" if url.host().is_some() => Ok(()),
         "http" if loopback => Ok(()),
-        "http" => Err(format!("{text:?} must use https (http is only for loopback hosts)")),
+        "http" => Err(format!(
+            "{text:?} must use https (http is only for loopback hosts)"
+        )),
         _ => Err(format!("{text:?} must be an https URL")),
     }?;
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        return Err(format!("{text:?} must not carry a query, fragment or user name"));
+        return Err(format!(
+            "{text:?} must not carry a query, fragment or user name"
+        ));
     }
     Ok(())
 }
@@ -122,7 +150,11 @@ fn asymmetric_algorithm(name: &str) -> Result<Algorithm, String> {
         "PS512" => PS512,
         "ES256" => ES256,
         "ES384" => ES384,
-        _ => return Err(format!("algorithm {name:?} is not accepted: use RS256 (GitLab) or another asymmetric JWS algorithm")),
+        _ => {
+            return Err(format!(
+                "algorithm {name:?} is not accepted: use RS256 (GitLab) or another asymmetric JWS algorithm"
+            ));
+        }
     };
     Ok(algorithm)
 }
@@ -135,18 +167,27 @@ fn compile_role(
     read: &dyn Fn(&str) -> Result<String, String>,
 ) -> Result<Role, CompileError> {
     if !ROLE_NAME.is_match(name.get_ref()) {
-        return error_at(name.span(), format!("role name {:?} must be 1-64 of A-Z a-z 0-9 _ . - and start with a letter or digit", name.get_ref()));
+        return error_at(
+            name.span(),
+            format!(
+                "role name {:?} must be 1-64 of A-Z a-z 0-9 _ . - and start with a letter or digit",
+                name.get_ref()
+            ),
+        );
     }
     let role = raw.get_ref();
     let arn = RoleArn::parse(role.arn.get_ref()).or_else(|e| error_at(role.arn.span(), e))?;
     let max_duration = match &role.max_duration {
         None => DEFAULT_MAX_DURATION,
-        Some(d) => parse_duration(d.get_ref()).or_else(|e| error_at(d.span(), format!("max_duration: {e}")))?,
+        Some(d) => parse_duration(d.get_ref())
+            .or_else(|e| error_at(d.span(), format!("max_duration: {e}")))?,
     };
     let session_tags = compile_session_tags(&role.session_tags)?;
     let session_policy = match &role.session_policy {
         None => None,
-        Some(path) => Some(load_session_policy(path.get_ref(), read).or_else(|e| error_at(path.span(), e))?),
+        Some(path) => {
+            Some(load_session_policy(path.get_ref(), read).or_else(|e| error_at(path.span(), e))?)
+        }
     };
     let rules = role
         .allow
@@ -154,7 +195,14 @@ fn compile_role(
         .enumerate()
         .map(|(i, rule)| compile_rule(i + 1, rule, issuers, text))
         .collect::<Result<_, _>>()?;
-    Ok(Role { name: name.get_ref().clone(), arn, max_duration, session_tags, session_policy, rules })
+    Ok(Role {
+        name: name.get_ref().clone(),
+        arn,
+        max_duration,
+        session_tags,
+        session_policy,
+        rules,
+    })
 }
 
 /// `"1h"`, `"90m"`, `"3600s"` or `"3600"`, between 15 minutes and 12 hours (STS's limits).
@@ -167,9 +215,15 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
-        _ => return Err(format!("{text:?} is not a duration like \"1h\", \"45m\" or \"900s\"")),
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration like \"1h\", \"45m\" or \"900s\""
+            ));
+        }
     };
-    let amount: u64 = digits.parse().map_err(|_| format!("{text:?} is not a duration like \"1h\", \"45m\" or \"900s\""))?;
+    let amount: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like \"1h\", \"45m\" or \"900s\""))?;
     let duration = Duration::from_secs(amount.saturating_mul(multiplier));
     if !(MIN_DURATION..=MAX_DURATION).contains(&duration) {
         return Err(format!("{text:?} is outside STS's range of 15m to 12h"));
@@ -179,27 +233,41 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn compile_session_tags(raw: &[Spanned<String>]) -> Result<Vec<String>, CompileError> {
     if raw.len() > MAX_SESSION_TAGS {
-        return error_at(raw[MAX_SESSION_TAGS].span(), format!("STS takes at most {MAX_SESSION_TAGS} session tags"));
+        return error_at(
+            raw[MAX_SESSION_TAGS].span(),
+            format!("STS takes at most {MAX_SESSION_TAGS} session tags"),
+        );
     }
     let mut seen = BTreeSet::new();
     for claim in raw {
         if !CLAIM_NAME.is_match(claim.get_ref()) {
-            return error_at(claim.span(), format!("session tag {:?} is not a claim name", claim.get_ref()));
+            return error_at(
+                claim.span(),
+                format!("session tag {:?} is not a claim name", claim.get_ref()),
+            );
         }
         SessionTag::key_for_claim(claim.get_ref()).or_else(|e| error_at(claim.span(), e))?;
         if !seen.insert(claim.get_ref().as_str()) {
-            return error_at(claim.span(), format!("session tag {:?} is listed twice", claim.get_ref()));
+            return error_at(
+                claim.span(),
+                format!("session tag {:?} is listed twice", claim.get_ref()),
+            );
         }
     }
     Ok(raw.iter().map(|c| c.get_ref().clone()).collect())
 }
 
-fn load_session_policy(path: &str, read: &dyn Fn(&str) -> Result<String, String>) -> Result<String, String> {
+fn load_session_policy(
+    path: &str,
+    read: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<String, String> {
     let text = read(path).map_err(|e| format!("session_policy {path:?}: {e}"))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("session_policy {path:?} is not JSON: {e}"))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("session_policy {path:?} is not JSON: {e}"))?;
     if !json.is_object() {
-        return Err(format!("session_policy {path:?} must be a JSON object (an IAM policy document)"));
+        return Err(format!(
+            "session_policy {path:?} must be a JSON object (an IAM policy document)"
+        ));
     }
     let minified = json.to_string();
     if minified.chars().count() > MAX_SESSION_POLICY_CHARS {
@@ -225,16 +293,29 @@ fn compile_rule(
             ("issuer", RawValue::One(url)) => issuer = Some((url, value.span())),
             ("issuer", _) => return error_at(value.span(), "`issuer` is one issuer URL"),
             ("allow_path_only", RawValue::Flag(flag)) => allow_path_only = *flag,
-            ("allow_path_only", _) => return error_at(value.span(), "`allow_path_only` is true or false"),
-            (claim, raw_value) => conditions.push(compile_condition(key, claim, raw_value, value.span())?),
+            ("allow_path_only", _) => {
+                return error_at(value.span(), "`allow_path_only` is true or false");
+            }
+            (claim, raw_value) => {
+                conditions.push(compile_condition(key, claim, raw_value, value.span())?)
+            }
         }
     }
     let issuer = rule_issuer(issuer, issuers, raw.span())?;
     if conditions.is_empty() {
-        return error_at(raw.span(), "a rule needs at least one claim condition (an empty rule would allow every job)");
+        return error_at(
+            raw.span(),
+            "a rule needs at least one claim condition (an empty rule would allow every job)",
+        );
     }
     let (line, _) = line_column(text, raw.span().start);
-    Ok(Rule { number, line, issuer, conditions, allow_path_only })
+    Ok(Rule {
+        number,
+        line,
+        issuer,
+        conditions,
+        allow_path_only,
+    })
 }
 
 fn rule_issuer(
@@ -245,10 +326,16 @@ fn rule_issuer(
     match named {
         Some((url, span)) => match issuers.iter().find(|i| &i.url == url) {
             Some(issuer) => Ok(issuer.url.clone()),
-            None => error_at(span, format!("issuer {url:?} is not one of the [[issuer]] entries")),
+            None => error_at(
+                span,
+                format!("issuer {url:?} is not one of the [[issuer]] entries"),
+            ),
         },
         None if issuers.len() == 1 => Ok(issuers[0].url.clone()),
-        None => error_at(rule_span, "with several issuers, every rule must name its `issuer`"),
+        None => error_at(
+            rule_span,
+            "with several issuers, every rule must name its `issuer`",
+        ),
     }
 }
 
@@ -259,14 +346,27 @@ fn compile_condition(
     span: std::ops::Range<usize>,
 ) -> Result<Condition, CompileError> {
     if !CLAIM_NAME.is_match(claim) || claim == "iss" {
-        return error_at(key.span(), format!("{claim:?} is not a claim name this broker can match"));
+        return error_at(
+            key.span(),
+            format!("{claim:?} is not a claim name this broker can match"),
+        );
     }
     let sources: Vec<&String> = match value {
         RawValue::One(one) => vec![one],
         RawValue::Any(any) if !any.is_empty() => any.iter().collect(),
-        RawValue::Any(_) => return error_at(span, format!("condition {claim:?}: an empty list matches nothing")),
+        RawValue::Any(_) => {
+            return error_at(
+                span,
+                format!("condition {claim:?}: an empty list matches nothing"),
+            );
+        }
         RawValue::Flag(_) => {
-            return error_at(span, format!("condition {claim:?}: claims are compared as strings; write \"true\" or \"false\""));
+            return error_at(
+                span,
+                format!(
+                    "condition {claim:?}: claims are compared as strings; write \"true\" or \"false\""
+                ),
+            );
         }
     };
     let patterns = sources
@@ -274,5 +374,8 @@ fn compile_condition(
         .map(|s| Pattern::compile(s))
         .collect::<Result<Vec<_>, _>>()
         .or_else(|e| error_at(span, format!("condition {claim:?}: {e}")))?;
-    Ok(Condition { claim: claim.to_owned(), patterns })
+    Ok(Condition {
+        claim: claim.to_owned(),
+        patterns,
+    })
 }

@@ -40,7 +40,10 @@ impl fmt::Display for Denial {
         match self {
             Self::UnknownRole { role } => write!(f, "role {role:?} is not defined in the policy"),
             Self::NoRuleForIssuer { role, issuer } => {
-                write!(f, "role {role:?}: no rule accepts tokens from issuer {issuer:?}")
+                write!(
+                    f,
+                    "role {role:?}: no rule accepts tokens from issuer {issuer:?}"
+                )
             }
             Self::NoRuleMatched { role, closest } => match &closest.value {
                 Some(value) => write!(
@@ -48,7 +51,11 @@ impl fmt::Display for Denial {
                     "role {role:?}: claim {:?} = {value:?} does not satisfy rule {}",
                     closest.claim, closest.rule
                 ),
-                None => write!(f, "role {role:?}: claim {:?} is missing (rule {})", closest.claim, closest.rule),
+                None => write!(
+                    f,
+                    "role {role:?}: claim {:?} is missing (rule {})",
+                    closest.claim, closest.rule
+                ),
             },
         }
     }
@@ -69,7 +76,9 @@ impl Policy {
     pub fn decide(&self, role: &str, claims: &Claims) -> Decision {
         match self.role(role) {
             Some(role) => role.decide(claims),
-            None => Decision::Deny(Denial::UnknownRole { role: role.to_owned() }),
+            None => Decision::Deny(Denial::UnknownRole {
+                role: role.to_owned(),
+            }),
         }
     }
 }
@@ -78,10 +87,18 @@ impl Role {
     /// The first matching rule allows; otherwise the closest rule explains the denial.
     pub fn decide(&self, claims: &Claims) -> Decision {
         let mut closest: Option<RuleFailure> = None;
-        for rule in self.rules.iter().filter(|rule| rule.issuer == claims.issuer()) {
+        for rule in self
+            .rules
+            .iter()
+            .filter(|rule| rule.issuer == claims.issuer())
+        {
             match rule.evaluate(claims) {
                 None => return Decision::Allow { rule: rule.number },
-                Some(failure) if closest.as_ref().is_none_or(|c| failure.failed_conditions < c.failed_conditions) => {
+                Some(failure)
+                    if closest
+                        .as_ref()
+                        .is_none_or(|c| failure.failed_conditions < c.failed_conditions) =>
+                {
                     closest = Some(failure);
                 }
                 Some(_) => {}
@@ -90,7 +107,10 @@ impl Role {
         let role = self.name.clone();
         Decision::Deny(match closest {
             Some(closest) => Denial::NoRuleMatched { role, closest },
-            None => Denial::NoRuleForIssuer { role, issuer: claims.issuer().to_owned() },
+            None => Denial::NoRuleForIssuer {
+                role,
+                issuer: claims.issuer().to_owned(),
+            },
         })
     }
 }
@@ -98,7 +118,10 @@ impl Role {
 impl Rule {
     /// `None` when every condition holds, else the first failing one and how many failed.
     pub fn evaluate(&self, claims: &Claims) -> Option<RuleFailure> {
-        let mut failed = self.conditions.iter().filter(|c| !c.matches(claims.get(&c.claim)));
+        let mut failed = self
+            .conditions
+            .iter()
+            .filter(|c| !c.matches(claims.get(&c.claim)));
         let first = failed.next()?;
         Some(RuleFailure {
             rule: self.number,

@@ -28,7 +28,12 @@ impl fmt::Display for PolicyError {
         match (self.line, self.column) {
             (0, _) => write!(f, "{}: {}", self.file.display(), self.message),
             (line, 0) => write!(f, "{}:{line}: {}", self.file.display(), self.message),
-            (line, column) => write!(f, "{}:{line}:{column}: {}", self.file.display(), self.message),
+            (line, column) => write!(
+                f,
+                "{}:{line}:{column}: {}",
+                self.file.display(),
+                self.message
+            ),
         }
     }
 }
@@ -95,12 +100,24 @@ pub fn parse(
     read: &dyn Fn(&str) -> Result<String, String>,
 ) -> Result<Policy, PolicyError> {
     let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-        let (line, column) = e.span().map_or((0, 0), |span| line_column(text, span.start));
-        PolicyError { file: file.to_owned(), line, column, message: e.message().to_owned() }
+        let (line, column) = e
+            .span()
+            .map_or((0, 0), |span| line_column(text, span.start));
+        PolicyError {
+            file: file.to_owned(),
+            line,
+            column,
+            message: e.message().to_owned(),
+        }
     })?;
     super::compile::compile(raw, text, read).map_err(|e| {
         let (line, column) = line_column(text, e.offset);
-        PolicyError { file: file.to_owned(), line, column, message: e.message }
+        PolicyError {
+            file: file.to_owned(),
+            line,
+            column,
+            message: e.message,
+        }
     })
 }
 

@@ -26,7 +26,10 @@ impl Pattern {
         }
         let body = translate(source)?;
         let regex = Regex::new(&format!("^(?:{body})$")).map_err(|e| e.to_string())?;
-        Ok(Self::Glob { source: source.to_owned(), regex })
+        Ok(Self::Glob {
+            source: source.to_owned(),
+            regex,
+        })
     }
 
     /// Whether a claim value matches.
@@ -94,7 +97,11 @@ fn class(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String,
         return Err("empty `[]` in pattern".into());
     }
     // Intersecting with `[^/]` keeps a class inside one path segment, like `?`.
-    Ok(if negated { format!("[^/{members}]") } else { format!("[{members}&&[^/]]") })
+    Ok(if negated {
+        format!("[^/{members}]")
+    } else {
+        format!("[{members}&&[^/]]")
+    })
 }
 
 fn escape_class_member(c: char) -> String {
@@ -153,7 +160,10 @@ mod tests {
     #[test]
     fn broken_globs_are_refused_with_a_reason() {
         for glob in ["", "v[0-9", "[]", "x\\"] {
-            assert!(Pattern::compile(glob).is_err(), "{glob:?} should not compile");
+            assert!(
+                Pattern::compile(glob).is_err(),
+                "{glob:?} should not compile"
+            );
         }
     }
 

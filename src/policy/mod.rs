@@ -18,8 +18,14 @@ pub use glob::Pattern;
 use crate::aws::names::RoleArn;
 
 /// Claims every GitLab CI ID token carries; a token without them is not a CI job's token.
-pub const REQUIRED_CI_CLAIMS: [&str; 6] =
-    ["project_id", "namespace_id", "job_id", "pipeline_id", "ref", "ref_type"];
+pub const REQUIRED_CI_CLAIMS: [&str; 6] = [
+    "project_id",
+    "namespace_id",
+    "job_id",
+    "pipeline_id",
+    "ref",
+    "ref_type",
+];
 
 /// A compiled policy.
 #[derive(Debug, Clone)]

@@ -44,7 +44,10 @@ ref = "release/**"
 fn compile(text: &str) -> Result<Policy, PolicyError> {
     parse(Path::new("policy.toml"), text, &|path| match path {
         "policies/deploy.json" => Ok(r#"{ "Version": "2012-10-17", "Statement": [] }"#.into()),
-        "policies/big.json" => Ok(format!(r#"{{"Version":"2012-10-17","Sid":"{}"}}"#, "x".repeat(3000))),
+        "policies/big.json" => Ok(format!(
+            r#"{{"Version":"2012-10-17","Sid":"{}"}}"#,
+            "x".repeat(3000)
+        )),
         "policies/broken.json" => Ok("{ not json".into()),
         other => Err(format!("no such file {other}")),
     })
@@ -72,11 +75,20 @@ fn job(pairs: &[(&str, &str)]) -> Claims {
 #[test]
 fn the_design_example_compiles_with_its_defaults() {
     let policy = compile(POLICY).unwrap();
-    assert_eq!(policy.issuers[0].jwks_url, "https://gitlab.example.com/oauth/discovery/keys");
-    assert_eq!(policy.issuers[0].algorithms, vec![jsonwebtoken::Algorithm::RS256]);
+    assert_eq!(
+        policy.issuers[0].jwks_url,
+        "https://gitlab.example.com/oauth/discovery/keys"
+    );
+    assert_eq!(
+        policy.issuers[0].algorithms,
+        vec![jsonwebtoken::Algorithm::RS256]
+    );
     let role = policy.role("deploy-web-prod").unwrap();
     assert_eq!(role.max_duration.as_secs(), 3600);
-    assert_eq!(role.session_policy.as_deref(), Some(r#"{"Statement":[],"Version":"2012-10-17"}"#));
+    assert_eq!(
+        role.session_policy.as_deref(),
+        Some(r#"{"Statement":[],"Version":"2012-10-17"}"#)
+    );
     assert_eq!(role.rules[1].line, 20);
 }
 
@@ -90,23 +102,62 @@ fn decisions_follow_the_rules_and_deny_by_default() {
         ("deploy-web-prod", job(&[("ref_protected", "false")]), None),
         ("deploy-web-prod", job(&[("environment", "")]), None),
         ("deploy-web-prod", job(&[("project_id", "4243")]), None),
-        ("deploy-web-prod", job(&[("ref_type", "tag"), ("ref", "v1.2")]), Some(allow(2))),
-        ("deploy-web-prod", job(&[("ref_type", "tag"), ("ref", "release-7")]), Some(allow(2))),
-        ("deploy-web-prod", job(&[("ref_type", "branch"), ("ref", "v1.2")]), None),
-        ("deploy-web-prod", job(&[("ref_type", "tag"), ("ref", "main")]), None),
-        ("deploy-web-prod", job(&[("ref_type", "tag"), ("ref", "v1"), ("project_path", "acme/sub/web")]), None),
-        ("deploy-web-prod", job(&[("ref_type", "tag"), ("ref", "v1"), ("namespace_id", "73")]), None),
+        (
+            "deploy-web-prod",
+            job(&[("ref_type", "tag"), ("ref", "v1.2")]),
+            Some(allow(2)),
+        ),
+        (
+            "deploy-web-prod",
+            job(&[("ref_type", "tag"), ("ref", "release-7")]),
+            Some(allow(2)),
+        ),
+        (
+            "deploy-web-prod",
+            job(&[("ref_type", "branch"), ("ref", "v1.2")]),
+            None,
+        ),
+        (
+            "deploy-web-prod",
+            job(&[("ref_type", "tag"), ("ref", "main")]),
+            None,
+        ),
+        (
+            "deploy-web-prod",
+            job(&[
+                ("ref_type", "tag"),
+                ("ref", "v1"),
+                ("project_path", "acme/sub/web"),
+            ]),
+            None,
+        ),
+        (
+            "deploy-web-prod",
+            job(&[("ref_type", "tag"), ("ref", "v1"), ("namespace_id", "73")]),
+            None,
+        ),
         ("nightly", job(&[("ref", "release/a/b")]), Some(allow(1))),
         ("nightly", job(&[("ref", "release")]), None),
-        ("nightly", job(&[("project_id", "4343"), ("ref", "release/x")]), Some(allow(1))),
-        ("nightly", job(&[("project_id", "4344"), ("ref", "release/x")]), None),
+        (
+            "nightly",
+            job(&[("project_id", "4343"), ("ref", "release/x")]),
+            Some(allow(1)),
+        ),
+        (
+            "nightly",
+            job(&[("project_id", "4344"), ("ref", "release/x")]),
+            None,
+        ),
         ("missing", job(&[]), None),
     ];
     for (role, claims, expected) in cases {
         let decision = policy.decide(role, &claims);
         match expected {
             Some(allowed) => assert_eq!(decision, allowed, "{role} {claims:?}"),
-            None => assert!(matches!(decision, Decision::Deny(_)), "{role} {claims:?} gave {decision:?}"),
+            None => assert!(
+                matches!(decision, Decision::Deny(_)),
+                "{role} {claims:?} gave {decision:?}"
+            ),
         }
     }
 }
@@ -114,12 +165,20 @@ fn decisions_follow_the_rules_and_deny_by_default() {
 #[test]
 fn a_denial_names_the_failing_claim_of_the_closest_rule_only() {
     let policy = compile(POLICY).unwrap();
-    let Decision::Deny(denial) = policy.decide("deploy-web-prod", &job(&[("ref", "feature")])) else {
+    let Decision::Deny(denial) = policy.decide("deploy-web-prod", &job(&[("ref", "feature")]))
+    else {
         panic!("should deny");
     };
-    assert_eq!(denial.to_string(), r#"role "deploy-web-prod": claim "ref" = "feature" does not satisfy rule 1"#);
-    assert!(!denial.to_string().contains("main"), "must not reveal the expected value");
-    let Decision::Deny(denial) = policy.decide("deploy-web-prod", &job(&[("environment", "")])) else {
+    assert_eq!(
+        denial.to_string(),
+        r#"role "deploy-web-prod": claim "ref" = "feature" does not satisfy rule 1"#
+    );
+    assert!(
+        !denial.to_string().contains("main"),
+        "must not reveal the expected value"
+    );
+    let Decision::Deny(denial) = policy.decide("deploy-web-prod", &job(&[("environment", "")]))
+    else {
         panic!("should deny");
     };
     assert_eq!(denial.claim(), Some("environment"));
@@ -133,47 +192,140 @@ fn a_rule_only_accepts_tokens_of_its_issuer() {
         "[[issuer]]\nurl = \"https://gitlab.example.com\"\n[[issuer]]\nurl = \"https://other.example.com\"\n",
     );
     let error = compile(&text).unwrap_err();
-    assert!(error.message.contains("every rule must name its `issuer`"), "{error}");
-    let text = text.replace("project_id = \"4242\"\nref_type", "issuer = \"https://gitlab.example.com\"\nproject_id = \"4242\"\nref_type")
-        .replace("namespace_id = \"72\"", "issuer = \"https://gitlab.example.com\"\nnamespace_id = \"72\"")
-        .replace("project_id = [\"4242\", \"4343\"]", "issuer = \"https://other.example.com\"\nproject_id = [\"4242\", \"4343\"]");
+    assert!(
+        error.message.contains("every rule must name its `issuer`"),
+        "{error}"
+    );
+    let text = text
+        .replace(
+            "project_id = \"4242\"\nref_type",
+            "issuer = \"https://gitlab.example.com\"\nproject_id = \"4242\"\nref_type",
+        )
+        .replace(
+            "namespace_id = \"72\"",
+            "issuer = \"https://gitlab.example.com\"\nnamespace_id = \"72\"",
+        )
+        .replace(
+            "project_id = [\"4242\", \"4343\"]",
+            "issuer = \"https://other.example.com\"\nproject_id = [\"4242\", \"4343\"]",
+        );
     let policy = compile(&text).unwrap();
-    let from_other = Claims::from_pairs("https://other.example.com", [("project_id", "4242"), ("ref", "main"), ("ref_type", "branch"), ("ref_protected", "true"), ("environment", "production")]);
-    assert!(matches!(policy.decide("deploy-web-prod", &from_other), Decision::Deny(Denial::NoRuleForIssuer { .. })));
-    let nightly_other = Claims::from_pairs("https://other.example.com", [("project_id", "4242"), ("ref", "release/1")]);
-    assert_eq!(policy.decide("nightly", &nightly_other), Decision::Allow { rule: 1 });
-    assert!(matches!(policy.decide("nightly", &job(&[("ref", "release/1")])), Decision::Deny(_)));
+    let from_other = Claims::from_pairs(
+        "https://other.example.com",
+        [
+            ("project_id", "4242"),
+            ("ref", "main"),
+            ("ref_type", "branch"),
+            ("ref_protected", "true"),
+            ("environment", "production"),
+        ],
+    );
+    assert!(matches!(
+        policy.decide("deploy-web-prod", &from_other),
+        Decision::Deny(Denial::NoRuleForIssuer { .. })
+    ));
+    let nightly_other = Claims::from_pairs(
+        "https://other.example.com",
+        [("project_id", "4242"), ("ref", "release/1")],
+    );
+    assert_eq!(
+        policy.decide("nightly", &nightly_other),
+        Decision::Allow { rule: 1 }
+    );
+    assert!(matches!(
+        policy.decide("nightly", &job(&[("ref", "release/1")])),
+        Decision::Deny(_)
+    ));
 }
 
 #[test]
 fn broken_policies_fail_with_file_line_and_reason() {
     // Each case edits the example policy once: (text to replace, replacement, expected message).
     let cases: &[(&str, &str, &str)] = &[
-        ("url = \"https://gitlab.example.com\"", "url = \"http://gitlab.example.com\"", "must use https"),
-        ("url = \"https://gitlab.example.com\"", "url = \"https://gitlab.example.com\"\nalgorithms = [\"HS256\"]", "not accepted"),
-        ("url = \"https://gitlab.example.com\"", "url = \"https://gitlab.example.com\"\nalgorithms = [\"none\"]", "not accepted"),
-        ("role/deploy-web-prod\"", "user/deploy-web-prod\"", "not an IAM role ARN"),
-        ("max_duration = \"1h\"", "max_duration = \"13h\"", "outside STS's range"),
-        ("max_duration = \"1h\"", "max_duration = \"1d\"", "not a duration"),
+        (
+            "url = \"https://gitlab.example.com\"",
+            "url = \"http://gitlab.example.com\"",
+            "must use https",
+        ),
+        (
+            "url = \"https://gitlab.example.com\"",
+            "url = \"https://gitlab.example.com\"\nalgorithms = [\"HS256\"]",
+            "not accepted",
+        ),
+        (
+            "url = \"https://gitlab.example.com\"",
+            "url = \"https://gitlab.example.com\"\nalgorithms = [\"none\"]",
+            "not accepted",
+        ),
+        (
+            "role/deploy-web-prod\"",
+            "user/deploy-web-prod\"",
+            "not an IAM role ARN",
+        ),
+        (
+            "max_duration = \"1h\"",
+            "max_duration = \"13h\"",
+            "outside STS's range",
+        ),
+        (
+            "max_duration = \"1h\"",
+            "max_duration = \"1d\"",
+            "not a duration",
+        ),
         ("ref = \"main\"", "ref = \"ma[in\"", "unclosed"),
         ("ref = \"main\"", "ref = []", "empty list"),
-        ("ref_protected = \"true\"", "ref_protected = true", "compared as strings"),
+        (
+            "ref_protected = \"true\"",
+            "ref_protected = true",
+            "compared as strings",
+        ),
         ("ref = \"main\"", "Ref = \"main\"", "not a claim name"),
         ("policies/deploy.json", "policies/broken.json", "not JSON"),
         ("policies/deploy.json", "policies/big.json", "at most 2048"),
         ("policies/deploy.json", "policies/none.json", "no such file"),
-        ("[\"project_id\", \"ref\", \"environment\"]", "[\"ref\", \"ref\"]", "listed twice"),
-        ("max_duration = \"1h\"", "max_duration = \"1h\"\nunknown_key = 1", "unknown field"),
-        ("[role.nightly]", "[role.\"bad name\"]\narn = \"arn:aws:iam::123456789012:role/x\"\n[role.nightly]", "role name"),
-        ("[[role.nightly.allow]]\n", "[[role.nightly.allow]]\nissuer = \"https://elsewhere.example.com\"\n", "not one of the [[issuer]]"),
-        ("[[role.nightly.allow]]\nproject_id = [\"4242\", \"4343\"]\nref = \"release/**\"", "[[role.nightly.allow]]", "at least one claim condition"),
-        ("audience = \"https://token-broker.example.com\"", "audience = \" \"", "audience"),
-        ("audience = \"https://token-broker.example.com\"", "", "missing field `audience`"),
+        (
+            "[\"project_id\", \"ref\", \"environment\"]",
+            "[\"ref\", \"ref\"]",
+            "listed twice",
+        ),
+        (
+            "max_duration = \"1h\"",
+            "max_duration = \"1h\"\nunknown_key = 1",
+            "unknown field",
+        ),
+        (
+            "[role.nightly]",
+            "[role.\"bad name\"]\narn = \"arn:aws:iam::123456789012:role/x\"\n[role.nightly]",
+            "role name",
+        ),
+        (
+            "[[role.nightly.allow]]\n",
+            "[[role.nightly.allow]]\nissuer = \"https://elsewhere.example.com\"\n",
+            "not one of the [[issuer]]",
+        ),
+        (
+            "[[role.nightly.allow]]\nproject_id = [\"4242\", \"4343\"]\nref = \"release/**\"",
+            "[[role.nightly.allow]]",
+            "at least one claim condition",
+        ),
+        (
+            "audience = \"https://token-broker.example.com\"",
+            "audience = \" \"",
+            "audience",
+        ),
+        (
+            "audience = \"https://token-broker.example.com\"",
+            "",
+            "missing field `audience`",
+        ),
     ];
     for (from, to, expected) in cases {
         assert!(POLICY.contains(from), "case {expected:?} edits nothing");
         let error = compile(&POLICY.replacen(from, to, 1)).expect_err(expected);
-        assert!(error.message.contains(expected), "{expected:?} not in {error}");
+        assert!(
+            error.message.contains(expected),
+            "{expected:?} not in {error}"
+        );
         assert!(error.to_string().starts_with("policy.toml:"), "{error}");
     }
     let error = compile("audience = \"x\"\n").unwrap_err();

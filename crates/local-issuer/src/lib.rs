@@ -1,0 +1,172 @@
+//! A local stand-in for a GitLab instance's OIDC side, for token-broker's tests and demo: it
+//! generates RSA keys, serves them at `/oauth/discovery/keys` like GitLab, and mints CI ID tokens
+//! with GitLab's claim shapes. It can be told to misbehave (down, slow, oversized, garbage) and
+//! counts JWKS requests, so tests can assert on how the broker fetches keys.
+//! Never part of the broker's own binary.
+
+pub mod claims;
+pub mod keys;
+mod server;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub use keys::SigningKey;
+
+/// How the JWKS endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The key set, as GitLab serves it.
+    Up,
+    /// 503 with an empty body.
+    Down,
+    /// The key set, after a delay.
+    Slow(Duration),
+    /// A valid-looking body of this many bytes.
+    Huge(usize),
+    /// `200` with a body that is not JSON.
+    Garbage,
+}
+
+pub(crate) struct Shared {
+    pub(crate) keys: RwLock<Vec<SigningKey>>,
+    pub(crate) mode: RwLock<Mode>,
+    pub(crate) jwks_requests: AtomicUsize,
+    pub(crate) issuer: String,
+}
+
+/// A running local issuer; the server stops when this is dropped with its runtime.
+pub struct LocalIssuer {
+    shared: Arc<Shared>,
+}
+
+impl LocalIssuer {
+    /// Starts on a free loopback port with one fresh RSA-2048 key.
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts on `address`.
+    pub async fn start_on(address: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .expect("bind local issuer");
+        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        let shared = Arc::new(Shared {
+            keys: RwLock::new(vec![SigningKey::generate()]),
+            mode: RwLock::new(Mode::Up),
+            jwks_requests: AtomicUsize::new(0),
+            issuer: url,
+        });
+        tokio::spawn(server::serve(listener, shared.clone()));
+        Self { shared }
+    }
+
+    /// The issuer URL, `iss` of every token minted here.
+    pub fn url(&self) -> &str {
+        &self.shared.issuer
+    }
+
+    /// Where the keys are served, as GitLab serves them.
+    pub fn jwks_url(&self) -> String {
+        format!("{}/oauth/discovery/keys", self.url())
+    }
+
+    /// How many times the JWKS was requested.
+    pub fn jwks_requests(&self) -> usize {
+        self.shared.jwks_requests.load(Ordering::SeqCst)
+    }
+
+    /// Changes how the JWKS endpoint answers from now on.
+    pub fn set_mode(&self, mode: Mode) {
+        *self.shared.mode.write().expect("mode lock") = mode;
+    }
+
+    /// Adds a new key and makes it the signing key; the old ones stay published. Returns its kid.
+    pub fn rotate(&self) -> String {
+        let key = SigningKey::generate();
+        let kid = key.kid().to_owned();
+        self.shared.keys.write().expect("keys lock").push(key);
+        kid
+    }
+
+    /// Replaces every key with a fresh one published under the same `kid` as the signing key:
+    /// what a broken rotation looks like.
+    pub fn replace_key_keeping_kid(&self) {
+        let mut keys = self.shared.keys.write().expect("keys lock");
+        let kid = keys.last().expect("a key").kid().to_owned();
+        *keys = vec![SigningKey::generate().with_kid(kid)];
+    }
+
+    /// The signing key's `kid`.
+    pub fn kid(&self) -> String {
+        self.shared
+            .keys
+            .read()
+            .expect("keys lock")
+            .last()
+            .expect("a key")
+            .kid()
+            .to_owned()
+    }
+
+    /// The default CI claims for this issuer and `audience`, for job `job_id`.
+    pub fn claims(&self, audience: &str, job_id: u64) -> Value {
+        claims::ci_job(self.url(), audience, job_id)
+    }
+
+    /// A token with the standard header (`alg: RS256`, `typ: JWT`, `kid`) signed by the current key.
+    pub fn mint(&self, claims: &Value) -> String {
+        self.mint_with_header(
+            &json!({"alg": "RS256", "typ": "JWT", "kid": self.kid()}),
+            claims,
+        )
+    }
+
+    /// A token with exactly `header`, signed RS256 by the current key.
+    pub fn mint_with_header(&self, header: &Value, claims: &Value) -> String {
+        self.shared
+            .keys
+            .read()
+            .expect("keys lock")
+            .last()
+            .expect("a key")
+            .mint(header, claims)
+    }
+
+    /// `input` (an already encoded `header.payload`) with an RS256 signature by the current key
+    /// appended; for payloads a JSON serializer would never write, like duplicate names.
+    pub fn sign_input(&self, input: &str) -> String {
+        let keys = self.shared.keys.read().expect("keys lock");
+        let signature = keys.last().expect("a key").sign(input.as_bytes());
+        format!(
+            "{input}.{}",
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signature)
+        )
+    }
+
+    /// The current key's public DER, for algorithm-confusion attacks.
+    pub fn public_der(&self) -> Vec<u8> {
+        self.shared
+            .keys
+            .read()
+            .expect("keys lock")
+            .last()
+            .expect("a key")
+            .public_der()
+    }
+
+    /// The current key's public JWK.
+    pub fn public_jwk(&self) -> Value {
+        self.shared
+            .keys
+            .read()
+            .expect("keys lock")
+            .last()
+            .expect("a key")
+            .jwk()
+    }
+}

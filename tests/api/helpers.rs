@@ -1,0 +1,229 @@
+//! `spawn_app()`: the broker's router on a free port, its GitLab issuer a local one with keys
+//! generated here, and STS the moto server that `scripts/test` starts (`MOTO_ENDPOINT`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sts::config::Credentials;
+use base64::Engine;
+use local_issuer::LocalIssuer;
+use serde_json::Value;
+use token_broker::config::Settings;
+use token_broker::{AppState, policy};
+
+pub const AUDIENCE: &str = "https://token-broker.example.com";
+
+/// The policy the tests run against; `{issuer}` is the local issuer's URL.
+pub const POLICY: &str = r#"
+audience = "https://token-broker.example.com"
+
+[[issuer]]
+url = "{issuer}"
+
+[role.deploy-web-prod]
+arn = "arn:aws:iam::123456789012:role/deploy-web-prod"
+max_duration = "1h"
+session_tags = ["project_id", "ref", "environment"]
+session_policy = "policies/deploy-web-prod.json"
+
+[[role.deploy-web-prod.allow]]
+project_id = "4242"
+ref_type = "branch"
+ref = "main"
+ref_protected = "true"
+environment = "production"
+
+[[role.deploy-web-prod.allow]]
+namespace_id = "72"
+project_path = "acme/*"
+ref_type = "tag"
+ref = ["v*", "release-*"]
+
+[role.read-only]
+arn = "arn:aws:iam::123456789012:role/read-only"
+max_duration = "30m"
+
+[[role.read-only.allow]]
+project_id = "4242"
+
+[role.tagged]
+arn = "arn:aws:iam::123456789012:role/tagged"
+session_tags = ["ref"]
+
+[[role.tagged.allow]]
+project_id = "4242"
+"#;
+
+pub const SESSION_POLICY: &str = r#"{
+  "Version": "2012-10-17",
+  "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::acme-web/*"}]
+}"#;
+
+/// A running broker and the servers it talks to.
+pub struct TestApp {
+    pub address: String,
+    pub issuer: LocalIssuer,
+    pub client: reqwest::Client,
+    pub state: Arc<AppState>,
+    _dir: tempfile::TempDir,
+}
+
+/// The moto endpoint; the README's test command starts moto and sets it.
+pub fn moto_endpoint() -> String {
+    std::env::var("MOTO_ENDPOINT")
+        .expect("MOTO_ENDPOINT is not set: run the tests with `scripts/test`, which starts moto")
+}
+
+/// SDK configuration pointing at moto with dummy credentials.
+pub fn moto_sdk_config() -> SdkConfig {
+    moto_sdk_config_with(Credentials::new("testing", "testing", None, None, "tests"))
+}
+
+pub fn moto_sdk_config_with(credentials: Credentials) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(moto_endpoint())
+        .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(
+            credentials,
+        ))
+        .timeout_config(token_broker::aws::timeouts())
+        .build()
+}
+
+/// A job id no other test in this or an earlier run uses, so recorded STS calls can be told apart.
+pub fn unique_job_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        % 1_000_000_000
+        * 1000;
+    let _ = NEXT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+    NEXT.fetch_add(1, Ordering::SeqCst)
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(POLICY, Settings::default()).await
+}
+
+/// Starts a local issuer and a broker whose policy is `policy` with `{issuer}` filled in.
+pub async fn spawn_app_with(policy: &str, settings: Settings) -> TestApp {
+    let issuer = LocalIssuer::start().await;
+    spawn_app_for(issuer, policy, settings).await
+}
+
+pub async fn spawn_app_for(issuer: LocalIssuer, policy: &str, mut settings: Settings) -> TestApp {
+    token_broker::telemetry::init(false);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/deploy-web-prod.json"),
+        SESSION_POLICY,
+    )
+    .unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, policy.replace("{issuer}", issuer.url())).unwrap();
+    settings.policy = policy_path.clone();
+    let policy = policy::load(&policy_path).unwrap();
+    let state = Arc::new(AppState::build(policy, &settings, &moto_sdk_config()).await);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(token_broker::serve::run(
+        listener,
+        state.clone(),
+        std::future::pending(),
+    ));
+    TestApp {
+        address,
+        issuer,
+        client: reqwest::Client::new(),
+        state,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    /// Claims of a fresh job (its own job id) with `overrides` applied (`null` removes a claim).
+    pub fn claims(&self, overrides: Value) -> (Value, u64) {
+        let job_id = unique_job_id();
+        (
+            local_issuer::claims::with(self.issuer.claims(AUDIENCE, job_id), &overrides),
+            job_id,
+        )
+    }
+
+    /// A token for a fresh job, signed by the issuer's current key.
+    pub fn token(&self, overrides: Value) -> (String, u64) {
+        let (claims, job_id) = self.claims(overrides);
+        (self.issuer.mint(&claims), job_id)
+    }
+
+    /// `POST /v1/credentials?{query}` with the token as Bearer.
+    pub async fn credentials(&self, token: &str, query: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/credentials?{query}", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Asserts an error response: status, OAuth error code, and a description containing `needle`.
+    pub async fn assert_error(
+        &self,
+        response: reqwest::Response,
+        status: u16,
+        code: &str,
+        needle: &str,
+    ) -> Value {
+        assert_eq!(response.status().as_u16(), status);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], code, "{body}");
+        let description = body["error_description"].as_str().unwrap_or_default();
+        assert!(description.contains(needle), "{needle:?} not in {body}");
+        assert!(
+            body["request_id"].as_str().is_some_and(|id| !id.is_empty()),
+            "{body}"
+        );
+        body
+    }
+}
+
+/// The AssumeRole calls moto recorded for `session_name`, each as its form parameters.
+pub async fn recorded_assume_roles(session_name: &str) -> Vec<HashMap<String, String>> {
+    let url = format!("{}/moto-api/recorder/download-recording", moto_endpoint());
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|entry| {
+            let body = entry["body"].as_str()?;
+            let bytes = if entry["body_encoded"] == true {
+                base64::engine::general_purpose::STANDARD
+                    .decode(body)
+                    .ok()?
+            } else {
+                body.as_bytes().to_vec()
+            };
+            Some(
+                form_urlencoded::parse(&bytes)
+                    .into_owned()
+                    .collect::<HashMap<String, String>>(),
+            )
+        })
+        .filter(|form| form.get("Action").is_some_and(|a| a == "AssumeRole"))
+        .filter(|form| {
+            form.get("RoleSessionName")
+                .is_some_and(|n| n == session_name)
+        })
+        .collect()
+}
+
+/// Waits briefly, for tests that need a cooldown to pass.
+pub async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}

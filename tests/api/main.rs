@@ -1,0 +1,7 @@
+//! One black-box test binary: the router over HTTP, with a local GitLab issuer and moto for STS.
+
+mod credentials;
+mod helpers;
+mod lambda;
+mod requests;
+mod verification;
