@@ -68,7 +68,7 @@ pub struct TestApp {
     pub issuer: LocalIssuer,
     pub client: reqwest::Client,
     pub state: Arc<AppState>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// The moto endpoint; the README's test command starts moto and sets it.
@@ -83,10 +83,15 @@ pub fn moto_sdk_config() -> SdkConfig {
 }
 
 pub fn moto_sdk_config_with(credentials: Credentials) -> SdkConfig {
+    sdk_config_for(&moto_endpoint(), credentials)
+}
+
+/// SDK configuration for any local endpoint.
+pub fn sdk_config_for(endpoint: &str, credentials: Credentials) -> SdkConfig {
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .endpoint_url(moto_endpoint())
+        .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(
             credentials,
         ))
@@ -117,7 +122,17 @@ pub async fn spawn_app_with(policy: &str, settings: Settings) -> TestApp {
     spawn_app_for(issuer, policy, settings).await
 }
 
-pub async fn spawn_app_for(issuer: LocalIssuer, policy: &str, mut settings: Settings) -> TestApp {
+pub async fn spawn_app_for(issuer: LocalIssuer, policy: &str, settings: Settings) -> TestApp {
+    spawn_app_full(issuer, policy, settings, &moto_sdk_config()).await
+}
+
+/// Like [`spawn_app_for`], with the AWS SDK pointed wherever `sdk` says.
+pub async fn spawn_app_full(
+    issuer: LocalIssuer,
+    policy: &str,
+    mut settings: Settings,
+    sdk: &SdkConfig,
+) -> TestApp {
     token_broker::telemetry::init(false);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("policies")).unwrap();
@@ -130,7 +145,7 @@ pub async fn spawn_app_for(issuer: LocalIssuer, policy: &str, mut settings: Sett
     std::fs::write(&policy_path, policy.replace("{issuer}", issuer.url())).unwrap();
     settings.policy = policy_path.clone();
     let policy = policy::load(&policy_path).unwrap();
-    let state = Arc::new(AppState::build(policy, &settings, &moto_sdk_config()).await);
+    let state = Arc::new(AppState::build(policy, &settings, sdk).await);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(token_broker::serve::run(
@@ -143,11 +158,16 @@ pub async fn spawn_app_for(issuer: LocalIssuer, policy: &str, mut settings: Sett
         issuer,
         client: reqwest::Client::new(),
         state,
-        _dir: dir,
+        dir,
     }
 }
 
 impl TestApp {
+    /// The policy file this broker loaded.
+    pub fn policy_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("policy.toml")
+    }
+
     /// Claims of a fresh job (its own job id) with `overrides` applied (`null` removes a claim).
     pub fn claims(&self, overrides: Value) -> (Value, u64) {
         let job_id = unique_job_id();

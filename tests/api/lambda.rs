@@ -62,3 +62,126 @@ async fn a_function_url_event_with_a_json_body_and_a_bad_token_gets_oauth_errors
         "Lambda's request id"
     );
 }
+
+/// The real binary under the local Lambda emulator: `cargo lambda watch` builds it, runs it
+/// against its Runtime API, and serves Function URL requests at `/lambda-url/<function>/…`.
+#[tokio::test]
+async fn the_built_binary_answers_function_url_requests_under_cargo_lambda_watch() {
+    let app = spawn_app().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let policy = app.policy_path();
+    let env = format!(
+        "TOKEN_BROKER_POLICY={},AWS_ENDPOINT_URL={},AWS_ACCESS_KEY_ID=testing,AWS_SECRET_ACCESS_KEY=testing,AWS_REGION=us-east-1,RUST_LOG=info",
+        policy.display(),
+        moto_endpoint()
+    );
+    let mut emulator = std::process::Command::new("cargo");
+    emulator
+        .args([
+            "lambda",
+            "watch",
+            "--ignore-changes",
+            "--quiet",
+            "--package",
+            "token-broker",
+            "--bin",
+            "token-broker",
+        ])
+        .args([
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+            &port.to_string(),
+            "--env-var",
+            &env,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null());
+    let emulator = ChildGroup::spawn(emulator);
+
+    let base = format!("http://127.0.0.1:{port}/lambda-url/token-broker");
+    let client = reqwest::Client::new();
+    // The first invocation compiles the function; allow for a cold build on two cores.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        assert!(
+            emulator.is_running(),
+            "cargo lambda watch exited; is cargo-lambda installed (scripts/tools.sh)?"
+        );
+        let health = client
+            .get(format!("{base}/healthz"))
+            .timeout(std::time::Duration::from_secs(300))
+            .send()
+            .await;
+        if health.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the emulated function never answered /healthz"
+        );
+        sleep_ms(500).await;
+    }
+
+    let (token, job_id) = app.token(json!({}));
+    let response = client
+        .post(format!("{base}/v1/credentials?role=deploy-web-prod"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["SessionName"], format!("gitlab-4242-{job_id}"));
+    assert_eq!(
+        recorded_assume_roles(&format!("gitlab-4242-{job_id}"))
+            .await
+            .len(),
+        1
+    );
+
+    let response = client
+        .post(format!("{base}/v1/credentials?role=deploy-web-prod"))
+        .bearer_auth("x.y.z")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+/// A child process in its own process group, ended with the whole group when dropped (cargo
+/// lambda runs the function as its own child).
+struct ChildGroup(std::process::Child);
+
+impl ChildGroup {
+    fn spawn(mut command: std::process::Command) -> Self {
+        use std::os::unix::process::CommandExt;
+        Self(
+            command
+                .process_group(0)
+                .spawn()
+                .expect("spawn cargo lambda watch"),
+        )
+    }
+
+    fn is_running(&self) -> bool {
+        std::process::Command::new("kill")
+            .args(["-0", &self.0.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for ChildGroup {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .status();
+        let _ = self.0.wait();
+    }
+}

@@ -4,4 +4,5 @@ mod credentials;
 mod helpers;
 mod lambda;
 mod requests;
+mod sts_errors;
 mod verification;
