@@ -6,17 +6,14 @@ use std::time::Duration;
 
 use crate::oidc::JwksSettings;
 
-/// Environment variable naming the policy file.
+/// Environment variable naming a policy file to use instead of the bundled one.
 pub const POLICY_ENV: &str = "TOKEN_BROKER_POLICY";
-/// The policy file used when [`POLICY_ENV`] is unset: `policy.toml` in the working directory
-/// (in Lambda, `/var/task`, where the bundled policy lands).
-pub const DEFAULT_POLICY: &str = "policy.toml";
 
 /// Settings for one broker process.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Policy file; default [`DEFAULT_POLICY`].
-    pub policy: PathBuf,
+    /// Policy file to load; default `None`: the policy compiled into the binary.
+    pub policy: Option<PathBuf>,
     /// Clock leeway for `exp`, `nbf`, `iat`; default 60 s (`TOKEN_BROKER_LEEWAY_SECS`).
     pub leeway: Duration,
     /// JWKS fetch limits (`TOKEN_BROKER_JWKS_TIMEOUT_MS`, `TOKEN_BROKER_JWKS_COOLDOWN_SECS`).
@@ -28,7 +25,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            policy: PathBuf::from(DEFAULT_POLICY),
+            policy: None,
             leeway: Duration::from_secs(60),
             jwks: JwksSettings::default(),
             in_lambda: false,
@@ -41,7 +38,7 @@ impl Settings {
     pub fn from_env() -> Result<Self, String> {
         let mut settings = Self::default();
         if let Some(policy) = var(POLICY_ENV) {
-            settings.policy = PathBuf::from(policy);
+            settings.policy = Some(PathBuf::from(policy));
         }
         if let Some(secs) = number("TOKEN_BROKER_LEEWAY_SECS")? {
             settings.leeway = Duration::from_secs(secs);

@@ -3,17 +3,16 @@
 
 pub mod aws;
 pub mod broker;
-pub mod claims;
+pub mod bundled;
 pub mod config;
 pub mod http;
 pub mod lambda;
 pub mod oidc;
-pub mod policy;
 pub mod secret;
 pub mod serve;
 pub mod startup;
 pub mod telemetry;
 
-pub use claims::Claims;
-pub use policy::Policy;
 pub use startup::AppState;
+pub use token_broker_policy as policy;
+pub use token_broker_policy::{Claims, Policy};

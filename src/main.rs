@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use token_broker::config::Settings;
-use token_broker::{AppState, aws, lambda, policy, serve, telemetry};
+use token_broker::{AppState, aws, bundled, lambda, policy, serve, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +23,7 @@ struct Cli {
 enum Command {
     /// Serve the broker's HTTP API on a local port (the same router as in Lambda).
     Serve {
-        /// Policy file [env: TOKEN_BROKER_POLICY, default: policy.toml]
+        /// Policy file [env: TOKEN_BROKER_POLICY; default: the policy bundled at build time]
         #[arg(long)]
         policy: Option<PathBuf>,
         /// Address to listen on.
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     match cli.command {
         Some(Command::Serve { policy, listen }) => {
-            if let Some(policy) = policy {
+            if policy.is_some() {
                 settings.policy = policy;
             }
             runtime.block_on(run_serve(settings, listen))
@@ -58,7 +58,11 @@ fn main() -> ExitCode {
 }
 
 async fn state(settings: &Settings) -> Result<Arc<AppState>, String> {
-    let policy = policy::load(&settings.policy).map_err(|e| e.to_string())?;
+    let policy = match &settings.policy {
+        Some(path) => policy::load(path),
+        None => bundled::policy(),
+    }
+    .map_err(|e| e.to_string())?;
     let sdk = aws::sdk_config().await;
     Ok(Arc::new(AppState::build(policy, settings, &sdk).await))
 }
@@ -74,7 +78,11 @@ async fn run_serve(settings: Settings, listen: SocketAddr) -> ExitCode {
         Err(error) => return fail(&format!("cannot listen on {listen}: {error}")),
     };
     let address = listener.local_addr().map_or(listen, |a| a);
-    tracing::info!(%address, policy = %settings.policy.display(), "token-broker listening");
+    let policy = settings
+        .policy
+        .as_ref()
+        .map_or("bundled".into(), |p| p.display().to_string());
+    tracing::info!(%address, %policy, "token-broker listening");
     serve::run(listener, state, async {
         let _ = tokio::signal::ctrl_c().await;
     })

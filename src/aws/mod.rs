@@ -1,8 +1,9 @@
 //! AWS adapters. Each owns its SDK client; nothing outside this module sees an SDK type, and SDK
 //! errors are reduced to their error code before they leave it (messages can carry ARNs).
 
-pub mod names;
 pub mod sts;
+
+pub use token_broker_policy::names;
 
 use std::time::Duration;
 

@@ -95,7 +95,11 @@ impl JwksCache {
             .map(|issuer| {
                 let keys = IssuerKeys {
                     jwks_url: issuer.jwks_url.clone(),
-                    algorithms: issuer.algorithms.clone(),
+                    algorithms: issuer
+                        .algorithms
+                        .iter()
+                        .map(|a| super::jwt_algorithm(*a))
+                        .collect(),
                     keys: RwLock::default(),
                     fetch: Mutex::default(),
                 };

@@ -102,7 +102,11 @@ impl Verifier {
             .iter()
             .find(|i| i.url == iss)
             .ok_or(VerifyError::UntrustedIssuer)?;
-        if !issuer.algorithms.contains(&header.alg) {
+        if !issuer
+            .algorithms
+            .iter()
+            .any(|a| jwt_algorithm(*a) == header.alg)
+        {
             return Err(VerifyError::Algorithm);
         }
         // jku, x5u, jwk and x5c are ignored on purpose: keys come only from the policy's jwks_url.
@@ -207,6 +211,22 @@ fn check_ci_claim(object: &serde_json::Map<String, Value>, claim: &str) -> Resul
         return Err(VerifyError::BadClaim(claim.into()));
     }
     Ok(())
+}
+
+/// The jsonwebtoken name of a policy algorithm.
+pub(crate) fn jwt_algorithm(algorithm: crate::policy::Algorithm) -> jsonwebtoken::Algorithm {
+    use crate::policy::Algorithm as A;
+    use jsonwebtoken::Algorithm as J;
+    match algorithm {
+        A::RS256 => J::RS256,
+        A::RS384 => J::RS384,
+        A::RS512 => J::RS512,
+        A::PS256 => J::PS256,
+        A::PS384 => J::PS384,
+        A::PS512 => J::PS512,
+        A::ES256 => J::ES256,
+        A::ES384 => J::ES384,
+    }
 }
 
 /// Seconds since the Unix epoch.

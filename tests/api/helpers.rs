@@ -143,7 +143,7 @@ pub async fn spawn_app_full(
     .unwrap();
     let policy_path = dir.path().join("policy.toml");
     std::fs::write(&policy_path, policy.replace("{issuer}", issuer.url())).unwrap();
-    settings.policy = policy_path.clone();
+    settings.policy = Some(policy_path.clone());
     let policy = policy::load(&policy_path).unwrap();
     let state = Arc::new(AppState::build(policy, &settings, sdk).await);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,11 +1,13 @@
-//! The policy file: which GitLab jobs may assume which role. Raw TOML is parsed and compiled once
+//! token-broker's policy file: which GitLab jobs may assume which role. Raw TOML is parsed and compiled once
 //! at start ([`load`]); afterwards [`Policy::decide`] is pure and allocation-light. Deny by default:
 //! a role is allowed only when one of its rules matches every one of its conditions.
 
+pub mod claims;
 mod compile;
 mod decide;
 mod file;
 mod glob;
+pub mod names;
 #[cfg(test)]
 mod tests;
 
@@ -15,7 +17,8 @@ pub use decide::{Decision, Denial, RuleFailure};
 pub use file::{PolicyError, load, parse};
 pub use glob::Pattern;
 
-use crate::aws::names::RoleArn;
+pub use claims::Claims;
+use names::RoleArn;
 
 /// Claims every GitLab CI ID token carries; a token without them is not a CI job's token.
 pub const REQUIRED_CI_CLAIMS: [&str; 6] = [
@@ -46,7 +49,7 @@ pub struct Issuer {
     /// Where its keys are fetched; default `{url}/oauth/discovery/keys`. Never taken from a token.
     pub jwks_url: String,
     /// JWS algorithms accepted from this issuer; default `["RS256"]`, asymmetric only.
-    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub algorithms: Vec<Algorithm>,
 }
 
 /// A role a job may assume.
@@ -95,6 +98,19 @@ impl Condition {
     pub fn matches(&self, value: Option<&str>) -> bool {
         value.is_some_and(|v| self.patterns.iter().any(|p| p.matches(v)))
     }
+}
+
+/// The asymmetric JWS algorithms an issuer may be pinned to. HS* and `none` do not exist here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
 }
 
 impl Policy {

@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use super::{Policy, Role, Rule};
 use crate::Claims;
+use crate::{Policy, Role, Rule};
 
 /// The outcome for one role.
 #[derive(Debug, Clone, PartialEq, Eq)]

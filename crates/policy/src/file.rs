@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::Policy;
+use crate::Policy;
 
 /// A policy that cannot be used, with the place in the file that is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl std::error::Error for PolicyError {}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawPolicy {
+pub(crate) struct RawPolicy {
     pub audience: Spanned<String>,
     #[serde(default, rename = "issuer")]
     pub issuers: Vec<Spanned<RawIssuer>>,
@@ -52,7 +52,7 @@ pub(super) struct RawPolicy {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawIssuer {
+pub(crate) struct RawIssuer {
     pub url: Spanned<String>,
     pub jwks_url: Option<Spanned<String>>,
     pub algorithms: Option<Spanned<Vec<String>>>,
@@ -60,7 +60,7 @@ pub(super) struct RawIssuer {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawRole {
+pub(crate) struct RawRole {
     pub arn: Spanned<String>,
     pub max_duration: Option<Spanned<String>>,
     #[serde(default)]
@@ -73,7 +73,7 @@ pub(super) struct RawRole {
 /// A rule entry: a claim condition (string or list of strings) or a rule option.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub(super) enum RawValue {
+pub(crate) enum RawValue {
     One(String),
     Any(Vec<String>),
     Flag(bool),
@@ -110,7 +110,7 @@ pub fn parse(
             message: e.message().to_owned(),
         }
     })?;
-    super::compile::compile(raw, text, read).map_err(|e| {
+    crate::compile::compile(raw, text, read).map_err(|e| {
         let (line, column) = line_column(text, e.offset);
         PolicyError {
             file: file.to_owned(),
@@ -122,7 +122,7 @@ pub fn parse(
 }
 
 /// 1-based line and column of a byte offset.
-pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

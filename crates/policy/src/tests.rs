@@ -79,10 +79,7 @@ fn the_design_example_compiles_with_its_defaults() {
         policy.issuers[0].jwks_url,
         "https://gitlab.example.com/oauth/discovery/keys"
     );
-    assert_eq!(
-        policy.issuers[0].algorithms,
-        vec![jsonwebtoken::Algorithm::RS256]
-    );
+    assert_eq!(policy.issuers[0].algorithms, vec![Algorithm::RS256]);
     let role = policy.role("deploy-web-prod").unwrap();
     assert_eq!(role.max_duration.as_secs(), 3600);
     assert_eq!(

@@ -4,14 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
 use regex::Regex;
 use std::sync::LazyLock;
 use toml::Spanned;
 
-use super::file::{RawIssuer, RawPolicy, RawRole, RawValue, line_column};
-use super::{Condition, Issuer, Pattern, Policy, Role, Rule};
-use crate::aws::names::{MAX_SESSION_POLICY_CHARS, MAX_SESSION_TAGS, RoleArn, SessionTag};
+use crate::file::{RawIssuer, RawPolicy, RawRole, RawValue, line_column};
+use crate::names::{MAX_SESSION_POLICY_CHARS, MAX_SESSION_TAGS, RoleArn, SessionTag};
+use crate::{Algorithm, Condition, Issuer, Pattern, Policy, Role, Rule};
 
 static ROLE_NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$").expect("static regex"));
@@ -24,7 +23,7 @@ const MAX_DURATION: Duration = Duration::from_secs(12 * 3600);
 
 /// A compile error at a byte offset of the policy text.
 #[derive(Debug)]
-pub(super) struct CompileError {
+pub(crate) struct CompileError {
     pub offset: usize,
     pub message: String,
 }
@@ -39,7 +38,7 @@ fn error_at<T>(
     })
 }
 
-pub(super) fn compile(
+pub(crate) fn compile(
     raw: RawPolicy,
     text: &str,
     read: &dyn Fn(&str) -> Result<String, String>,
@@ -116,7 +115,7 @@ fn compile_issuer(raw: &RawIssuer) -> Result<Issuer, CompileError> {
 
 /// https only, except on loopback hosts, where a local GitLab or test issuer runs on http.
 pub(crate) fn check_url(text: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
     let loopback = match url.host() {
         Some(url::Host::Domain(name)) => name == "localhost",
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
