@@ -4,6 +4,7 @@
 pub mod aws;
 pub mod broker;
 pub mod bundled;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod lambda;

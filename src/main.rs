@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use token_broker::config::Settings;
-use token_broker::{AppState, aws, bundled, lambda, policy, serve, telemetry};
+use token_broker::{AppState, aws, bundled, cli, lambda, policy, serve, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -32,10 +32,55 @@ enum Command {
     },
     /// Run as an AWS Lambda function (the default when AWS_LAMBDA_RUNTIME_API is set).
     Lambda,
+    /// Check, test and explain a policy file (no network, no AWS).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Compile and lint; exit 1 on errors (and on warnings with --deny-warnings).
+    Check {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        format: cli::Format,
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Run decision cases (default: policy.tests.toml beside the policy); exit 1 on a failure.
+    Test {
+        file: PathBuf,
+        cases: Option<PathBuf>,
+    },
+    /// Show which rules match a decoded token's claims and why the others do not.
+    Explain {
+        file: PathBuf,
+        /// JSON file with the token's claims (including `iss`).
+        #[arg(long)]
+        claims: PathBuf,
+        /// Only this role.
+        #[arg(long)]
+        role: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Policy { command }) = &cli.command {
+        return match command {
+            PolicyCommand::Check {
+                file,
+                format,
+                deny_warnings,
+            } => cli::check(file, *format, *deny_warnings),
+            PolicyCommand::Test { file, cases } => cli::test(file, cases.clone()),
+            PolicyCommand::Explain { file, claims, role } => {
+                cli::explain_claims(file, claims, role.as_deref())
+            }
+        };
+    }
     let mut settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(error) => return fail(&error),
@@ -52,6 +97,7 @@ fn main() -> ExitCode {
             runtime.block_on(run_serve(settings, listen))
         }
         Some(Command::Lambda) => runtime.block_on(run_lambda(settings)),
+        Some(Command::Policy { .. }) => unreachable!("handled before the runtime starts"),
         None if settings.in_lambda => runtime.block_on(run_lambda(settings)),
         None => fail("no command given: try `token-broker serve --help`"),
     }

@@ -280,3 +280,38 @@ async fn claim_values_sts_would_refuse_are_denied_not_rewritten() {
         "legal tag characters pass"
     );
 }
+
+#[tokio::test]
+async fn policy_explain_and_the_403_give_the_same_reason() {
+    let app = spawn_app().await;
+    let (claims, _) = app.claims(json!({"ref": "feature/x", "ref_protected": "false"}));
+    let claims_file = app.policy_path().with_file_name("claims.json");
+    std::fs::write(&claims_file, claims.to_string()).unwrap();
+    let explain = std::process::Command::new(env!("CARGO_BIN_EXE_token-broker"))
+        .args([
+            "policy",
+            "explain",
+            app.policy_path().to_str().unwrap(),
+            "--claims",
+            claims_file.to_str().unwrap(),
+        ])
+        .args(["--role", "deploy-web-prod"])
+        .output()
+        .unwrap();
+    let explained = String::from_utf8(explain.stdout).unwrap();
+    let reason = explained
+        .lines()
+        .next()
+        .unwrap()
+        .split_once("DENY: ")
+        .unwrap()
+        .1
+        .to_owned();
+    assert!(reason.contains("claim \"ref\""), "{explained}");
+
+    let response = app
+        .credentials(&app.issuer.mint(&claims), "role=deploy-web-prod")
+        .await;
+    let body = app.assert_error(response, 403, "access_denied", "").await;
+    assert_eq!(body["error_description"], reason);
+}

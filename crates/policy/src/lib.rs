@@ -2,11 +2,15 @@
 //! at start ([`load`]); afterwards [`Policy::decide`] is pure and allocation-light. Deny by default:
 //! a role is allowed only when one of its rules matches every one of its conditions.
 
+pub mod cases;
 pub mod claims;
 mod compile;
 mod decide;
+pub mod explain;
 mod file;
+pub mod gitlab;
 mod glob;
+pub mod lint;
 pub mod names;
 #[cfg(test)]
 mod tests;

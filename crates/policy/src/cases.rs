@@ -1,0 +1,134 @@
+//! Decision cases kept beside a policy (`policy.tests.toml`): claims, a role, the expected
+//! outcome. `policy test` runs them so a policy change is tested in the pipeline that deploys it.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::explain::{Explanation, explain};
+use crate::{Claims, Decision, Policy};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    #[serde(default, rename = "case")]
+    cases: Vec<RawCase>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCase {
+    name: String,
+    role: String,
+    expect: Expect,
+    /// A word the denial must contain (a claim name, say).
+    reason: Option<String>,
+    /// Default: the `iss` of `claims_file`, else the policy's first issuer.
+    issuer: Option<String>,
+    claims: Option<toml::Table>,
+    /// A JSON claim set (a decoded GitLab ID token), relative to the cases file.
+    claims_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Expect {
+    Allow,
+    Deny,
+}
+
+/// A case that did not come out as expected, with the decision trace.
+#[derive(Debug)]
+pub struct CaseFailure {
+    pub name: String,
+    pub problem: String,
+    pub trace: Vec<Explanation>,
+}
+
+/// The outcome of a cases file.
+#[derive(Debug)]
+pub struct Outcome {
+    pub passed: usize,
+    pub failures: Vec<CaseFailure>,
+}
+
+/// Runs the cases in `path` against `policy`. Errors are problems with the file itself.
+pub fn run(policy: &Policy, path: &Path) -> Result<Outcome, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: CaseFile =
+        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+    if file.cases.is_empty() {
+        return Err(format!("{}: no [[case]] entries", path.display()));
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut outcome = Outcome {
+        passed: 0,
+        failures: Vec::new(),
+    };
+    for case in &file.cases {
+        let claims = claims(policy, case, base)
+            .map_err(|e| format!("{}: case {:?}: {e}", path.display(), case.name))?;
+        match check(policy, case, &claims) {
+            None => outcome.passed += 1,
+            Some(problem) => outcome.failures.push(CaseFailure {
+                name: case.name.clone(),
+                problem,
+                trace: explain(policy, &claims, Some(&case.role)),
+            }),
+        }
+    }
+    Ok(outcome)
+}
+
+fn claims(policy: &Policy, case: &RawCase, base: &Path) -> Result<Claims, String> {
+    let mut object = serde_json::Map::new();
+    if let Some(file) = &case.claims_file {
+        let text = std::fs::read_to_string(base.join(file)).map_err(|e| format!("{file}: {e}"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
+        object = value
+            .as_object()
+            .cloned()
+            .ok_or_else(|| format!("{file}: not a JSON object"))?;
+    }
+    for (name, value) in case.claims.iter().flatten() {
+        let value = match value {
+            toml::Value::String(s) => serde_json::Value::String(s.clone()),
+            toml::Value::Integer(i) => serde_json::Value::from(*i),
+            _ => {
+                return Err(format!(
+                    "claim {name:?} must be a string (GitLab sends ids and booleans as strings)"
+                ));
+            }
+        };
+        object.insert(name.clone(), value);
+    }
+    let issuer = case
+        .issuer
+        .clone()
+        .or_else(|| {
+            object
+                .get("iss")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        })
+        .or_else(|| policy.issuers.first().map(|i| i.url.clone()))
+        .unwrap_or_default();
+    Ok(Claims::from_json(issuer, &object))
+}
+
+fn check(policy: &Policy, case: &RawCase, claims: &Claims) -> Option<String> {
+    match (policy.decide(&case.role, claims), case.expect) {
+        (Decision::Allow { .. }, Expect::Allow) => None,
+        (Decision::Allow { rule }, Expect::Deny) => {
+            Some(format!("expected deny, but rule {rule} allows"))
+        }
+        (Decision::Deny(denial), Expect::Allow) => Some(format!("expected allow, but: {denial}")),
+        (Decision::Deny(denial), Expect::Deny) => match &case.reason {
+            Some(reason) if !denial.to_string().contains(reason.as_str()) => Some(format!(
+                "denied, but the reason does not mention {reason:?}: {denial}"
+            )),
+            _ => None,
+        },
+    }
+}

@@ -1,0 +1,243 @@
+//! Lints: policies that compile but are dangerous, each with a stable id. Errors block a deploy;
+//! warnings are for a person to weigh (or `--deny-warnings`). Compile errors come first and stop
+//! before linting.
+
+use std::fmt;
+
+use crate::gitlab::{FREE_FORM, IDENTIFYING, KNOWN_CLAIMS, SOMETIMES_ABSENT, did_you_mean};
+use crate::{Condition, Pattern, Policy, Role, Rule};
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Error => "error",
+            Self::Warning => "warning",
+        })
+    }
+}
+
+/// One lint finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Stable id, e.g. `TB101`.
+    pub id: &'static str,
+    /// Stable name, e.g. `unpinned-identity`.
+    pub name: &'static str,
+    pub severity: Severity,
+    /// The role the finding is about.
+    pub role: String,
+    /// 1-based rule number, when the finding is about one rule.
+    pub rule: Option<usize>,
+    /// Line in the policy file (the rule's, or the role's first rule's).
+    pub line: usize,
+    pub message: String,
+}
+
+/// The lints, by id: (id, name, severity, what it catches).
+pub const LINTS: &[(&str, &str, Severity, &str)] = &[
+    (
+        "TB101",
+        "unpinned-identity",
+        Severity::Error,
+        "a rule pins neither project_id nor namespace_id (paths can be renamed and re-registered); waive with allow_path_only = true",
+    ),
+    (
+        "TB102",
+        "match-everything",
+        Severity::Error,
+        "a condition on a claim that identifies the job matches every value (`*`, `**`)",
+    ),
+    (
+        "TB103",
+        "unprotected",
+        Severity::Warning,
+        "a rule requires neither ref_protected = \"true\" nor environment_protected = \"true\"",
+    ),
+    (
+        "TB104",
+        "ref-without-ref-type",
+        Severity::Error,
+        "a rule matches ref without fixing ref_type (a tag can be named like a branch)",
+    ),
+    (
+        "TB105",
+        "unknown-claim",
+        Severity::Error,
+        "a condition on a claim GitLab does not issue (a typo never matches)",
+    ),
+    (
+        "TB106",
+        "shadowed-rule",
+        Severity::Warning,
+        "a rule is identical to, or allows nothing beyond, another rule of the same role",
+    ),
+    (
+        "TB107",
+        "tag-claim-may-be-absent",
+        Severity::Warning,
+        "session_tags names a claim some jobs do not carry; their requests are denied",
+    ),
+    (
+        "TB108",
+        "tag-claim-free-form",
+        Severity::Warning,
+        "session_tags names a claim whose values may hold characters STS refuses; such requests are denied",
+    ),
+];
+
+/// Every finding for `policy`, in file order.
+pub fn lint(policy: &Policy) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for role in &policy.roles {
+        for rule in &role.rules {
+            lint_rule(role, rule, &mut findings);
+        }
+        lint_shadowing(role, &mut findings);
+        lint_session_tags(role, &mut findings);
+    }
+    findings.sort_by_key(|f| (f.line, f.id));
+    findings
+}
+
+fn finding(id: &'static str, role: &Role, rule: Option<&Rule>, message: String) -> Finding {
+    let &(_, name, severity, _) = LINTS
+        .iter()
+        .find(|(known, ..)| *known == id)
+        .expect("a listed lint");
+    let line = rule.or(role.rules.first()).map_or(0, |r| r.line);
+    Finding {
+        id,
+        name,
+        severity,
+        role: role.name.clone(),
+        rule: rule.map(|r| r.number),
+        line,
+        message,
+    }
+}
+
+fn condition<'a>(rule: &'a Rule, claim: &str) -> Option<&'a Condition> {
+    rule.conditions.iter().find(|c| c.claim == claim)
+}
+
+fn pins(rule: &Rule, claim: &str) -> bool {
+    condition(rule, claim)
+        .is_some_and(|c| c.patterns.iter().all(|p| matches!(p, Pattern::Exact(_))))
+}
+
+fn requires_true(rule: &Rule, claim: &str) -> bool {
+    condition(rule, claim).is_some_and(|c| c.patterns.iter().all(|p| p.source() == "true"))
+}
+
+fn lint_rule(role: &Role, rule: &Rule, findings: &mut Vec<Finding>) {
+    let n = rule.number;
+    if !rule.allow_path_only && !pins(rule, "project_id") && !pins(rule, "namespace_id") {
+        findings.push(finding("TB101", role, Some(rule), format!("rule {n} pins neither project_id nor namespace_id; paths can be renamed and re-registered by someone else (pin an id, or set allow_path_only = true)")));
+    }
+    for c in &rule.conditions {
+        if IDENTIFYING.contains(&c.claim.as_str())
+            && c.patterns.iter().any(Pattern::matches_everything)
+        {
+            findings.push(finding(
+                "TB102",
+                role,
+                Some(rule),
+                format!("rule {n}: {} matches every value", c.claim),
+            ));
+        }
+        if !KNOWN_CLAIMS.contains(&c.claim.as_str()) {
+            let hint = did_you_mean(&c.claim)
+                .map_or(String::new(), |known| format!("; did you mean {known:?}?"));
+            findings.push(finding(
+                "TB105",
+                role,
+                Some(rule),
+                format!(
+                    "rule {n}: GitLab issues no claim {:?}, so the rule never matches{hint}",
+                    c.claim
+                ),
+            ));
+        }
+    }
+    if !requires_true(rule, "ref_protected") && !requires_true(rule, "environment_protected") {
+        findings.push(finding("TB103", role, Some(rule), format!("rule {n} trusts unprotected refs: require ref_protected = \"true\" or environment_protected = \"true\"")));
+    }
+    if condition(rule, "ref").is_some() && !pins(rule, "ref_type") {
+        findings.push(finding(
+            "TB104",
+            role,
+            Some(rule),
+            format!(
+                "rule {n} matches ref without fixing ref_type: a tag can be named like a branch"
+            ),
+        ));
+    }
+}
+
+/// Whether every claims set that satisfies `narrow` also satisfies `wide`.
+fn implies(narrow: &Rule, wide: &Rule) -> bool {
+    narrow.issuer == wide.issuer
+        && wide.conditions.iter().all(|w| {
+            condition(narrow, &w.claim).is_some_and(|n| {
+                n.patterns.iter().all(|p| match p {
+                    Pattern::Exact(text) => w.matches(Some(text)),
+                    Pattern::Glob { source, .. } => w
+                        .patterns
+                        .iter()
+                        .any(|q| q.source() == source || q.source() == "**"),
+                })
+            })
+        })
+}
+
+fn lint_shadowing(role: &Role, findings: &mut Vec<Finding>) {
+    for (i, rule) in role.rules.iter().enumerate() {
+        for (j, other) in role.rules.iter().enumerate() {
+            if i == j || !implies(rule, other) {
+                continue;
+            }
+            let identical = implies(other, rule);
+            // Report an identical pair once, on the later rule.
+            if identical && j > i {
+                continue;
+            }
+            let how = if identical {
+                "is identical to"
+            } else {
+                "allows nothing beyond"
+            };
+            findings.push(finding(
+                "TB106",
+                role,
+                Some(rule),
+                format!("rule {} {how} rule {}", rule.number, other.number),
+            ));
+            break;
+        }
+    }
+}
+
+fn lint_session_tags(role: &Role, findings: &mut Vec<Finding>) {
+    for claim in &role.session_tags {
+        if SOMETIMES_ABSENT.contains(&claim.as_str()) {
+            let required =
+                !role.rules.is_empty() && role.rules.iter().all(|r| condition(r, claim).is_some());
+            if !required {
+                findings.push(finding("TB107", role, None, format!("session tag {claim:?}: some jobs' tokens have no {claim}, and their requests are denied; require it in every rule or drop the tag")));
+            }
+        }
+        if FREE_FORM.contains(&claim.as_str()) {
+            let pinned = !role.rules.is_empty() && role.rules.iter().all(|r| pins(r, claim));
+            if !pinned {
+                findings.push(finding("TB108", role, None, format!("session tag {claim:?}: its values may contain characters STS refuses in tags, and such requests are denied")));
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `token-broker policy check|test|explain`, run as the built binary: exit codes, output, and no
+//! network or AWS needed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn broker(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_token-broker"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn fixture(name: &str) -> String {
+    format!("crates/policy/tests/fixtures/lint/{name}.toml")
+}
+
+#[test]
+fn check_exits_1_on_error_findings_and_names_rule_id_and_line() {
+    for id in ["TB101", "TB102", "TB104", "TB105"] {
+        let output = broker(&["policy", "check", &fixture(id)]);
+        assert_eq!(output.status.code(), Some(1), "{id}");
+        let text = stdout(&output);
+        assert!(text.contains(&format!("error[{id} ")), "{id}: {text}");
+        assert!(
+            text.contains(&format!("{}:", fixture(id))),
+            "{id}: file:line in {text}"
+        );
+    }
+}
+
+#[test]
+fn warnings_pass_unless_denied() {
+    for id in ["TB103", "TB106", "TB107", "TB108"] {
+        let output = broker(&["policy", "check", &fixture(id)]);
+        assert_eq!(output.status.code(), Some(0), "{id}: {}", stdout(&output));
+        assert!(stdout(&output).contains(&format!("warning[{id} ")));
+        let output = broker(&["policy", "check", "--deny-warnings", &fixture(id)]);
+        assert_eq!(output.status.code(), Some(1), "{id}");
+    }
+    let output = broker(&["policy", "check", "--deny-warnings", &fixture("clean")]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+}
+
+#[test]
+fn check_speaks_json_for_machines() {
+    let output = broker(&["policy", "check", "--format", "json", &fixture("TB105")]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["errors"], 1);
+    let finding = &report["findings"][0];
+    assert_eq!(
+        (
+            finding["id"].as_str(),
+            finding["severity"].as_str(),
+            finding["line"].as_u64()
+        ),
+        (Some("TB105"), Some("error"), Some(10))
+    );
+}
+
+#[test]
+fn a_policy_that_does_not_compile_fails_check_with_file_line_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, "audience = \"a\"\n[[issuer]]\nurl = \"https://gitlab.com\"\n[role.x]\narn = \"arn:aws:iam::123456789012:role/x\"\nmax_duration = \"13h\"\n").unwrap();
+    let output = broker(&["policy", "check", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output).contains("policy.toml:6:16: max_duration"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn the_shipped_policies_pass_check_and_their_cases() {
+    for policy in ["policy.toml", "examples/policy/policy.toml"] {
+        let output = broker(&["policy", "check", "--deny-warnings", policy]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{policy}: {}",
+            stdout(&output)
+        );
+        let output = broker(&["policy", "test", policy]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{policy}: {}",
+            stdout(&output)
+        );
+        assert!(stdout(&output).contains(" passed, 0 failed"));
+    }
+}
+
+#[test]
+fn a_broken_case_fails_with_a_readable_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: PathBuf = dir.path().join("cases.toml");
+    std::fs::write(
+        &cases,
+        r#"
+[[case]]
+name = "feature branches deploy (wrong on purpose)"
+role = "deploy-web-prod"
+claims = { project_id = "4242", namespace_id = "72", ref = "feature/x", ref_type = "branch", ref_protected = "false" }
+expect = "allow"
+"#,
+    )
+    .unwrap();
+    let output = broker(&[
+        "policy",
+        "test",
+        "examples/policy/policy.toml",
+        cases.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(
+        text.contains("FAIL \"feature branches deploy (wrong on purpose)\": expected allow"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rule 1 (line 17): fails: environment is missing"),
+        "{text}"
+    );
+    assert!(text.contains(r#"ref = "feature/x" is not main"#), "{text}");
+    assert!(text.contains("policy cases: 0 passed, 1 failed"), "{text}");
+}
+
+#[test]
+fn explain_shows_matching_and_failing_rules() {
+    let output = broker(&[
+        "policy",
+        "explain",
+        "examples/policy/policy.toml",
+        "--claims",
+        "examples/policy/claims/main-production.json",
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    let text = stdout(&output);
+    assert!(
+        text.contains("role \"deploy-web-prod\": ALLOW (rule 1)"),
+        "{text}"
+    );
+    assert!(text.contains("role \"publish-artifacts\": DENY"), "{text}");
+    assert!(text.contains("ref_type = \"branch\" is not tag"), "{text}");
+    let output = broker(&[
+        "policy",
+        "explain",
+        "examples/policy/policy.toml",
+        "--claims",
+        "examples/policy/claims/main-production.json",
+        "--role",
+        "nope",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+}
