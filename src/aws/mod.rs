@@ -1,6 +1,7 @@
 //! AWS adapters. Each owns its SDK client; nothing outside this module sees an SDK type, and SDK
 //! errors are reduced to their error code before they leave it (messages can carry ARNs).
 
+pub mod jwk;
 pub mod sts;
 
 pub use token_broker_policy::names;

@@ -315,3 +315,47 @@ async fn policy_explain_and_the_403_give_the_same_reason() {
     let body = app.assert_error(response, 403, "access_denied", "").await;
     assert_eq!(body["error_description"], reason);
 }
+
+/// The curl line of examples/gitlab-ci/consumer.yml, run as a job would run it (with the local
+/// broker's URL), gets credentials that work.
+#[tokio::test]
+async fn the_example_consumer_job_gets_credentials_with_curl() {
+    let app = spawn_app().await;
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/gitlab-ci/consumer.yml"
+    ))
+    .unwrap();
+    let jobs: serde_yaml::Value = serde_yaml::from_str(&example).unwrap();
+    let script = jobs["deploy-production"]["script"].as_sequence().unwrap();
+    let curl_line = script
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .find(|l| l.contains("curl"))
+        .unwrap();
+    let (token, job_id) = app.token(json!({}));
+    let script = format!("{curl_line}\necho \"$AWS_ACCESS_KEY_ID $AWS_CREDENTIAL_EXPIRATION\"");
+    let address = app.address.clone();
+    // The broker runs on this test's runtime, so the job runs on a blocking thread.
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .args(["-euc", &script])
+            .env("BROKER_ID_TOKEN", &token)
+            .env("TOKEN_BROKER_URL", &address)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let (key_id, expiration) = printed.trim().split_once(' ').unwrap();
+    assert!(key_id.len() >= 16 && expiration.contains('T'), "{printed}");
+    assert_eq!(
+        recorded_assume_roles(&format!("gitlab-4242-{job_id}"))
+            .await
+            .len(),
+        1
+    );
+}
