@@ -5,9 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::aws::names::{SessionName, SessionTag, SourceIdentity};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::aws::kms::{Kms, KmsError};
 use crate::aws::sts::{AssumeRole, Credentials, Sts, StsError};
 use crate::oidc::{VerifiedToken, Verifier, VerifyError, now_secs};
-use crate::policy::{Decision, Policy, Role};
+use crate::policy::{Decision, Policy, Role, TokenGrant};
 use crate::secret::Secret;
 
 /// STS's shortest session.
@@ -42,6 +46,20 @@ pub enum BrokerError {
     AccessDenied(String),
     #[error(transparent)]
     Sts(#[from] StsError),
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    /// This broker has no signing key, so it issues no tokens.
+    #[error("this broker issues no tokens (no KMS_KEY_ID configured)")]
+    NoSigningKey,
+}
+
+/// A token the broker issued.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    /// The compact JWS.
+    pub token: Secret,
+    /// Seconds until it expires.
+    pub expires_in: u64,
 }
 
 /// The exchange, holding the compiled policy and its adapters.
@@ -49,16 +67,77 @@ pub struct Broker {
     policy: Arc<Policy>,
     verifier: Verifier,
     sts: Sts,
+    kms: Option<Kms>,
 }
 
 impl Broker {
-    /// A broker for `policy`.
-    pub fn new(policy: Arc<Policy>, verifier: Verifier, sts: Sts) -> Self {
+    /// A broker for `policy`; without `kms` it issues credentials but no tokens.
+    pub fn new(policy: Arc<Policy>, verifier: Verifier, sts: Sts, kms: Option<Kms>) -> Self {
         Self {
             policy,
             verifier,
             sts,
+            kms,
         }
+    }
+
+    /// The signing keys, when the broker has any.
+    pub fn kms(&self) -> Option<&Kms> {
+        self.kms.as_ref()
+    }
+
+    /// The policy the broker runs.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Exchanges a GitLab ID token for a broker-signed token for `audience` (RFC 8693), issued
+    /// as `issuer`.
+    pub async fn token(
+        &self,
+        subject: &Secret,
+        audience: &str,
+        issuer: &str,
+        request_id: &str,
+    ) -> Result<IssuedToken, BrokerError> {
+        let kms = self.kms.as_ref().ok_or(BrokerError::NoSigningKey)?;
+        let verified = match self.verifier.verify(subject).await {
+            Ok(verified) => verified,
+            Err(error) => {
+                audit_rejected(request_id, Target::Audience(audience), &error);
+                return Err(error.into());
+            }
+        };
+        let outcome = self.mint(kms, &verified, audience, issuer).await;
+        let decided = outcome.as_ref().map(|(_, rule)| *rule);
+        audit(request_id, &verified, Target::Audience(audience), decided);
+        outcome.map(|(issued, _)| issued)
+    }
+
+    async fn mint(
+        &self,
+        kms: &Kms,
+        verified: &VerifiedToken,
+        audience: &str,
+        issuer: &str,
+    ) -> Result<(IssuedToken, usize), BrokerError> {
+        let rule = match self.policy.decide_token(audience, &verified.claims) {
+            Decision::Allow { rule } => rule,
+            Decision::Deny(denial) => return Err(BrokerError::AccessDenied(denial.to_string())),
+        };
+        let grant = self
+            .policy
+            .token_for(audience)
+            .expect("an allowed token exists");
+        let keys = kms.keys().await?;
+        let now = now_secs();
+        let claims = token_claims(grant, verified, issuer, now)?;
+        let expires_in = claims["exp"].as_u64().unwrap_or(now).saturating_sub(now);
+        let header = serde_json::json!({"alg": keys.active.algorithm.jws(), "typ": "JWT", "kid": keys.active.kid});
+        let input = format!("{}.{}", b64_json(&header), b64_json(&claims));
+        let signature = kms.sign(&keys.active, input.as_bytes()).await?;
+        let token = Secret::new(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)));
+        Ok((IssuedToken { token, expires_in }, rule))
     }
 
     /// The token verifier, for start-up prefetching.
@@ -76,12 +155,13 @@ impl Broker {
         let verified = match self.verifier.verify(token).await {
             Ok(verified) => verified,
             Err(error) => {
-                audit_rejected(request_id, &request.role, &error);
+                audit_rejected(request_id, Target::Role(&request.role), &error);
                 return Err(error.into());
             }
         };
         let outcome = self.exchange(&verified, request).await;
-        audit(request_id, &verified, &request.role, &outcome);
+        let decided = outcome.as_ref().map(|(_, rule)| *rule);
+        audit(request_id, &verified, Target::Role(&request.role), decided);
         outcome.map(|(issued, _)| issued)
     }
 
@@ -102,12 +182,47 @@ impl Broker {
         let credentials = self.sts.assume_role(&input).await?;
         let issued = Issued {
             credentials,
-            role: role.name.clone(),
+            role: role.grant.name.clone(),
             session_name: input.session_name.as_str().to_owned(),
             duration_seconds: input.duration_seconds,
         };
         Ok((issued, rule))
     }
+}
+
+/// The claims of a re-issued token: registered claims of the broker's own, GitLab's `sub`, and
+/// the grant's copied claims with their GitLab types. Never outlives the GitLab token.
+pub fn token_claims(
+    grant: &TokenGrant,
+    verified: &VerifiedToken,
+    issuer: &str,
+    now: u64,
+) -> Result<serde_json::Value, BrokerError> {
+    let sub = verified
+        .raw
+        .get("sub")
+        .and_then(|s| s.as_str())
+        .ok_or(VerifyError::MissingClaim("sub".into()))?;
+    let exp = (now + grant.max_ttl.as_secs()).min(verified.expires_at);
+    if exp <= now {
+        return Err(VerifyError::Expired.into());
+    }
+    let mut claims = serde_json::Map::new();
+    for name in &grant.claims {
+        if let Some(value) = verified.raw.get(name) {
+            claims.insert(name.clone(), value.clone());
+        }
+    }
+    let registered = serde_json::json!({
+        "iss": issuer, "sub": sub, "aud": grant.audience, "iat": now, "nbf": now, "exp": exp,
+        "jti": uuid::Uuid::new_v4().to_string(),
+    });
+    claims.extend(registered.as_object().expect("an object").clone());
+    Ok(serde_json::Value::Object(claims))
+}
+
+fn b64_json(value: &serde_json::Value) -> String {
+    URL_SAFE_NO_PAD.encode(value.to_string())
 }
 
 /// Builds the AssumeRole input for an allowed job. Refuses (403, naming the claim) any claim
@@ -170,29 +285,50 @@ pub fn session_seconds(
     i32::try_from(seconds).unwrap_or(i32::MAX)
 }
 
-fn audit_rejected(request_id: &str, role: &str, error: &VerifyError) {
+/// What a request asked for, as the audit log names it.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Role(&'a str),
+    Audience(&'a str),
+}
+
+impl<'a> Target<'a> {
+    /// `(role, audience)`, one of them empty.
+    fn names(self) -> (&'a str, &'a str) {
+        match self {
+            Target::Role(role) => (role, ""),
+            Target::Audience(audience) => ("", audience),
+        }
+    }
+}
+
+fn audit_rejected(request_id: &str, target: Target<'_>, error: &VerifyError) {
+    let (role, audience) = target.names();
     tracing::info!(
         target: "audit",
         request_id,
         role,
+        audience,
         outcome = if error.is_retryable() { "unavailable" } else { "invalid_token" },
         reason = %error,
         "token rejected"
     );
 }
 
+/// One line per decision: who asked (the verified job), for what, and what was decided.
 fn audit(
     request_id: &str,
     verified: &VerifiedToken,
-    role: &str,
-    outcome: &Result<(Issued, usize), BrokerError>,
+    target: Target<'_>,
+    outcome: Result<usize, &BrokerError>,
 ) {
     let claims = &verified.claims;
     let (result, rule, reason) = match outcome {
-        Ok((_, rule)) => ("allow", Some(*rule), String::new()),
+        Ok(rule) => ("allow", Some(rule), String::new()),
         Err(BrokerError::AccessDenied(why)) => ("deny", None, why.clone()),
         Err(error) => ("error", None, error.to_string()),
     };
+    let (role, audience) = target.names();
     tracing::info!(
         target: "audit",
         request_id,
@@ -204,10 +340,11 @@ fn audit(
         pipeline_id = claims.field("pipeline_id"),
         job_id = claims.field("job_id"),
         role,
+        audience,
         rule,
         outcome = result,
         reason = %reason,
-        "credentials decision"
+        "decision"
     );
 }
 

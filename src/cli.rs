@@ -58,7 +58,7 @@ fn check_json(
     let findings: Vec<_> = findings
         .iter()
         .map(|f| {
-            json!({"id": f.id, "name": f.name, "severity": f.severity.to_string(), "role": f.role,
+            json!({"id": f.id, "name": f.name, "severity": f.severity.to_string(), "kind": f.kind.to_string(), "grant": f.grant,
                    "rule": f.rule, "line": f.line, "message": f.message})
         })
         .collect();
@@ -78,11 +78,18 @@ fn check_human(
         return format!("error[compile]: {error}\n");
     }
     let mut out = String::new();
-    let mut roles: Vec<&str> = findings.iter().map(|f| f.role.as_str()).collect();
-    roles.dedup();
-    for role in roles {
-        out.push_str(&format!("role {role:?}\n"));
-        for f in findings.iter().filter(|f| f.role == role) {
+    let mut grants: Vec<(String, &str)> = findings
+        .iter()
+        .map(|f| (f.kind.to_string(), f.grant.as_str()))
+        .collect();
+    grants.sort();
+    grants.dedup();
+    for (kind, grant) in grants {
+        out.push_str(&format!("{kind} {grant:?}\n"));
+        for f in findings
+            .iter()
+            .filter(|f| f.kind.to_string() == kind && f.grant == grant)
+        {
             out.push_str(&format!(
                 "  {}:{}: {}[{} {}] {}\n",
                 file.display(),

@@ -20,6 +20,13 @@ pub struct Settings {
     pub jwks: JwksSettings,
     /// Whether this process runs inside AWS Lambda (`AWS_LAMBDA_RUNTIME_API` is set).
     pub in_lambda: bool,
+    /// The KMS key that signs re-issued tokens (`KMS_KEY_ID`); default none: no token endpoint.
+    pub kms_key_id: Option<String>,
+    /// Keys still published in the JWKS during a rotation (`KMS_RETIRED_KEY_IDS`, comma-separated).
+    pub kms_retired_key_ids: Vec<String>,
+    /// The broker's issuer URL (`ISSUER_URL`); default: in Lambda `https://<Function URL domain>`,
+    /// under `serve` `http://<listen address>`.
+    pub issuer_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -29,6 +36,9 @@ impl Default for Settings {
             leeway: Duration::from_secs(60),
             jwks: JwksSettings::default(),
             in_lambda: false,
+            kms_key_id: None,
+            kms_retired_key_ids: Vec::new(),
+            issuer_url: None,
         }
     }
 }
@@ -50,6 +60,19 @@ impl Settings {
             settings.jwks.cooldown = Duration::from_secs(secs);
         }
         settings.in_lambda = var("AWS_LAMBDA_RUNTIME_API").is_some();
+        settings.kms_key_id = var("KMS_KEY_ID");
+        settings.kms_retired_key_ids = var("KMS_RETIRED_KEY_IDS")
+            .map(|ids| {
+                ids.split(',')
+                    .map(str::trim)
+                    .filter(|id| !id.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(url) = var("ISSUER_URL") {
+            settings.issuer_url = Some(issuer_url(&url)?);
+        }
         Ok(settings)
     }
 }
@@ -65,4 +88,11 @@ fn number(name: &str) -> Result<Option<u64>, String> {
                 .map_err(|_| format!("{name}={v:?} is not a whole number"))
         })
         .transpose()
+}
+
+/// An issuer URL: https (http only on loopback), no trailing slash, no query or fragment.
+pub fn issuer_url(url: &str) -> Result<String, String> {
+    let trimmed = url.trim_end_matches('/');
+    token_broker_policy::check_url(trimmed).map_err(|e| format!("ISSUER_URL: {e}"))?;
+    Ok(trimmed.to_owned())
 }

@@ -36,9 +36,22 @@ fn request_id(event: &lambda_http::Request) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
+/// `https://` plus the Function URL domain from the event's request context, which AWS fills in
+/// (unlike the Host header, which the caller chooses).
+fn origin(event: &lambda_http::Request) -> Option<String> {
+    match event.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context
+            .domain_name
+            .as_ref()
+            .map(|domain| format!("https://{domain}")),
+        _ => None,
+    }
+}
+
 /// Handles one event; public so tests can drive it with Function URL fixtures.
 pub async fn invoke(state: &AppState, event: lambda_http::Request) -> lambda_http::Response<Body> {
     let request_id = request_id(&event);
+    let origin = origin(&event);
     let (parts, body) = event.into_parts();
     let body = match body {
         Body::Empty => Bytes::new(),
@@ -49,7 +62,7 @@ pub async fn invoke(state: &AppState, event: lambda_http::Request) -> lambda_htt
     let response = handle(
         state,
         http::Request::from_parts(parts, body),
-        RequestMeta { request_id },
+        RequestMeta { request_id, origin },
     )
     .await;
     response.map(|bytes| match String::from_utf8(bytes.to_vec()) {

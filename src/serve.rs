@@ -19,6 +19,10 @@ use crate::startup::AppState;
 /// Serves until `shutdown` completes; connections already open finish their request.
 pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let origin: Option<Arc<str>> = listener
+        .local_addr()
+        .ok()
+        .map(|a| format!("http://{a}").into());
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -30,9 +34,10 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
             },
             () = &mut shutdown => return,
         };
-        let state = state.clone();
+        let (state, origin) = (state.clone(), origin.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |request| respond(state.clone(), request));
+            let service =
+                service_fn(move |request| respond(state.clone(), origin.clone(), request));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
@@ -46,10 +51,12 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
 
 async fn respond(
     state: Arc<AppState>,
+    origin: Option<Arc<str>>,
     request: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let meta = RequestMeta {
         request_id: uuid::Uuid::new_v4().to_string(),
+        origin: origin.map(|o| o.to_string()),
     };
     let (parts, body) = request.into_parts();
     let response = match Limited::new(body, MAX_BODY_BYTES).collect().await {

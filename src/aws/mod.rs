@@ -2,6 +2,7 @@
 //! errors are reduced to their error code before they leave it (messages can carry ARNs).
 
 pub mod jwk;
+pub mod kms;
 pub mod sts;
 
 pub use token_broker_policy::names;

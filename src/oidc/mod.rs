@@ -61,6 +61,8 @@ pub struct VerifiedToken {
     pub claims: Claims,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// Every claim as GitLab sent it (types kept), for copying into re-issued tokens.
+    pub raw: serde_json::Map<String, Value>,
 }
 
 /// Verifies tokens against the policy's issuers and audience.
@@ -124,7 +126,7 @@ impl Verifier {
                 .map_err(|e| self.map_error(e.into_kind()))?
                 .claims
                 .0;
-        self.check_claims(&issuer.url, &object)
+        self.check_claims(&issuer.url, object)
     }
 
     fn validation(&self, issuer: &str, alg: jsonwebtoken::Algorithm) -> Validation {
@@ -158,8 +160,9 @@ impl Verifier {
     fn check_claims(
         &self,
         issuer: &str,
-        object: &serde_json::Map<String, Value>,
+        raw: serde_json::Map<String, Value>,
     ) -> Result<VerifiedToken, VerifyError> {
+        let object = &raw;
         if !matches!(object.get("iss"), Some(Value::String(_))) {
             return Err(VerifyError::BadClaim("iss".into()));
         }
@@ -181,6 +184,7 @@ impl Verifier {
         Ok(VerifiedToken {
             claims: Claims::from_json(issuer, object),
             expires_at,
+            raw,
         })
     }
 }

@@ -11,6 +11,8 @@ use aws_sdk_sts::config::Credentials;
 use base64::Engine;
 use local_issuer::LocalIssuer;
 use serde_json::Value;
+use token_broker::aws::kms::Kms;
+use token_broker::aws::sts::Sts;
 use token_broker::config::Settings;
 use token_broker::{AppState, policy};
 
@@ -48,6 +50,17 @@ max_duration = "30m"
 
 [[role.read-only.allow]]
 project_id = "4242"
+
+[token.aws]
+audience = "sts.amazonaws.com"
+max_ttl = "10m"
+claims = ["project_id", "ref", "runner_id", "environment"]
+
+[[token.aws.allow]]
+project_id = "4242"
+ref_type = "branch"
+ref = "main"
+ref_protected = "true"
 
 [role.tagged]
 arn = "arn:aws:iam::123456789012:role/tagged"
@@ -130,8 +143,23 @@ pub async fn spawn_app_for(issuer: LocalIssuer, policy: &str, settings: Settings
 pub async fn spawn_app_full(
     issuer: LocalIssuer,
     policy: &str,
-    mut settings: Settings,
+    settings: Settings,
     sdk: &SdkConfig,
+) -> TestApp {
+    let kms = settings
+        .kms_key_id
+        .clone()
+        .map(|active| Kms::new(sdk, active, settings.kms_retired_key_ids.clone()));
+    spawn_app_parts(issuer, policy, settings, Sts::new(sdk), kms).await
+}
+
+/// Starts a broker from ready AWS adapters (so STS and KMS can be pointed at different places).
+pub async fn spawn_app_parts(
+    issuer: LocalIssuer,
+    policy: &str,
+    mut settings: Settings,
+    sts: Sts,
+    kms: Option<Kms>,
 ) -> TestApp {
     token_broker::telemetry::init(false);
     let dir = tempfile::tempdir().unwrap();
@@ -145,7 +173,7 @@ pub async fn spawn_app_full(
     std::fs::write(&policy_path, policy.replace("{issuer}", issuer.url())).unwrap();
     settings.policy = Some(policy_path.clone());
     let policy = policy::load(&policy_path).unwrap();
-    let state = Arc::new(AppState::build(policy, &settings, sdk).await);
+    let state = Arc::new(AppState::assemble(policy, &settings, sts, kms).await);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(token_broker::serve::run(

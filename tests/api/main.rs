@@ -5,4 +5,5 @@ mod helpers;
 mod lambda;
 mod requests;
 mod sts_errors;
+mod token;
 mod verification;

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::explain::{Explanation, explain};
-use crate::{Claims, Decision, Policy};
+use crate::{Claims, Decision, Denial, GrantKind, Policy};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,7 +19,10 @@ struct CaseFile {
 #[serde(deny_unknown_fields)]
 struct RawCase {
     name: String,
-    role: String,
+    /// The role to decide, or
+    role: Option<String>,
+    /// the `[token.NAME]` to decide.
+    token: Option<String>,
     expect: Expect,
     /// A word the denial must contain (a claim name, say).
     reason: Option<String>,
@@ -68,12 +71,18 @@ pub fn run(policy: &Policy, path: &Path) -> Result<Outcome, String> {
     for case in &file.cases {
         let claims = claims(policy, case, base)
             .map_err(|e| format!("{}: case {:?}: {e}", path.display(), case.name))?;
-        match check(policy, case, &claims) {
+        let decision = decide(policy, case, &claims)
+            .map_err(|e| format!("{}: case {:?}: {e}", path.display(), case.name))?;
+        match check(case, decision) {
             None => outcome.passed += 1,
             Some(problem) => outcome.failures.push(CaseFailure {
                 name: case.name.clone(),
                 problem,
-                trace: explain(policy, &claims, Some(&case.role)),
+                trace: explain(
+                    policy,
+                    &claims,
+                    case.role.as_deref().or(case.token.as_deref()),
+                ),
             }),
         }
     }
@@ -117,8 +126,24 @@ fn claims(policy: &Policy, case: &RawCase, base: &Path) -> Result<Claims, String
     Ok(Claims::from_json(issuer, &object))
 }
 
-fn check(policy: &Policy, case: &RawCase, claims: &Claims) -> Option<String> {
-    match (policy.decide(&case.role, claims), case.expect) {
+fn decide(policy: &Policy, case: &RawCase, claims: &Claims) -> Result<Decision, String> {
+    match (&case.role, &case.token) {
+        (Some(role), None) => Ok(policy.decide(role, claims)),
+        (None, Some(token)) => Ok(
+            match policy.tokens.iter().find(|t| &t.grant.name == token) {
+                Some(grant) => grant.grant.decide(claims),
+                None => Decision::Deny(Denial::Unknown {
+                    kind: GrantKind::Token,
+                    name: token.clone(),
+                }),
+            },
+        ),
+        _ => Err("give exactly one of `role` and `token`".into()),
+    }
+}
+
+fn check(case: &RawCase, decision: Decision) -> Option<String> {
+    match (decision, case.expect) {
         (Decision::Allow { .. }, Expect::Allow) => None,
         (Decision::Allow { rule }, Expect::Deny) => {
             Some(format!("expected deny, but rule {rule} allows"))

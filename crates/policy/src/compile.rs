@@ -1,16 +1,18 @@
 //! Raw policy → compiled [`Policy`]: every value checked once, every pattern compiled once, so a
 //! policy that would fail at request time fails at start (and in `policy check`) instead.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use regex::Regex;
 use std::sync::LazyLock;
 use toml::Spanned;
 
-use crate::file::{RawIssuer, RawPolicy, RawRole, RawValue, line_column};
+use crate::file::{RawIssuer, RawPolicy, RawRole, RawRule, RawToken, RawValue, line_column};
 use crate::names::{MAX_SESSION_POLICY_CHARS, MAX_SESSION_TAGS, RoleArn, SessionTag};
-use crate::{Algorithm, Condition, Issuer, Pattern, Policy, Role, Rule};
+use crate::{
+    Algorithm, Condition, Grant, GrantKind, Issuer, Pattern, Policy, Role, Rule, TokenGrant,
+};
 
 static ROLE_NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$").expect("static regex"));
@@ -20,6 +22,8 @@ static CLAIM_NAME: LazyLock<Regex> =
 const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(3600);
 const MIN_DURATION: Duration = Duration::from_secs(900);
 const MAX_DURATION: Duration = Duration::from_secs(12 * 3600);
+const DEFAULT_MAX_TTL: Duration = Duration::from_secs(15 * 60);
+const MIN_TTL: Duration = Duration::from_secs(60);
 
 /// A compile error at a byte offset of the policy text.
 #[derive(Debug)]
@@ -55,10 +59,29 @@ pub(crate) fn compile(
         .iter()
         .map(|(name, role)| compile_role(name, role, &issuers, text, read))
         .collect::<Result<_, _>>()?;
+    let tokens: Vec<TokenGrant> = raw
+        .tokens
+        .iter()
+        .map(|(name, token)| compile_token(name, token, &issuers, text))
+        .collect::<Result<_, _>>()?;
+    for (i, token) in tokens.iter().enumerate() {
+        if tokens[..i].iter().any(|t| t.audience == token.audience) {
+            let (name, raw_token) = raw.tokens.iter().nth(i).expect("same order");
+            let _ = name;
+            return error_at(
+                raw_token.get_ref().audience.span(),
+                format!(
+                    "audience {:?} is given by two [token] entries",
+                    token.audience
+                ),
+            );
+        }
+    }
     Ok(Policy {
         audience: raw.audience.into_inner(),
         issuers,
         roles,
+        tokens,
     })
 }
 
@@ -114,7 +137,7 @@ fn compile_issuer(raw: &RawIssuer) -> Result<Issuer, CompileError> {
 }
 
 /// https only, except on loopback hosts, where a local GitLab or test issuer runs on http.
-pub(crate) fn check_url(text: &str) -> Result<(), String> {
+pub fn check_url(text: &str) -> Result<(), String> {
     let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
     let loopback = match url.host() {
         Some(url::Host::Domain(name)) => name == "localhost",
@@ -188,24 +211,99 @@ fn compile_role(
             Some(load_session_policy(path.get_ref(), read).or_else(|e| error_at(path.span(), e))?)
         }
     };
-    let rules = role
-        .allow
-        .iter()
-        .enumerate()
-        .map(|(i, rule)| compile_rule(i + 1, rule, issuers, text))
-        .collect::<Result<_, _>>()?;
+    let rules = compile_rules(&role.allow, issuers, text)?;
     Ok(Role {
-        name: name.get_ref().clone(),
+        grant: Grant {
+            kind: GrantKind::Role,
+            name: name.get_ref().clone(),
+            rules,
+        },
         arn,
         max_duration,
         session_tags,
         session_policy,
-        rules,
+    })
+}
+
+fn compile_rules(
+    raw: &[Spanned<RawRule>],
+    issuers: &[Issuer],
+    text: &str,
+) -> Result<Vec<Rule>, CompileError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, rule)| compile_rule(i + 1, rule, issuers, text))
+        .collect()
+}
+
+/// Claims the broker sets itself in the tokens it issues; a `[token]` cannot copy them.
+const REGISTERED: [&str; 7] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
+
+fn compile_token(
+    name: &Spanned<String>,
+    raw: &Spanned<RawToken>,
+    issuers: &[Issuer],
+    text: &str,
+) -> Result<TokenGrant, CompileError> {
+    if !ROLE_NAME.is_match(name.get_ref()) {
+        return error_at(
+            name.span(),
+            format!(
+                "token name {:?} must be 1-64 of A-Z a-z 0-9 _ . -",
+                name.get_ref()
+            ),
+        );
+    }
+    let token = raw.get_ref();
+    let audience = token.audience.get_ref();
+    if audience.trim().is_empty() || audience.len() > 512 {
+        return error_at(
+            token.audience.span(),
+            "`audience` must be a non-empty string of at most 512 bytes",
+        );
+    }
+    let max_ttl = match &token.max_ttl {
+        None => DEFAULT_MAX_TTL,
+        Some(ttl) => parse_duration_within(ttl.get_ref(), MIN_TTL, MAX_DURATION)
+            .or_else(|e| error_at(ttl.span(), format!("max_ttl: {e}")))?,
+    };
+    let mut claims = Vec::new();
+    for claim in &token.claims {
+        let name = claim.get_ref();
+        if !CLAIM_NAME.is_match(name) || REGISTERED.contains(&name.as_str()) {
+            return error_at(
+                claim.span(),
+                format!(
+                    "claims: {name:?} is not a GitLab claim the broker can copy (iss, sub, aud, iat, nbf, exp and jti are its own)"
+                ),
+            );
+        }
+        if claims.contains(name) {
+            return error_at(claim.span(), format!("claims: {name:?} is listed twice"));
+        }
+        claims.push(name.clone());
+    }
+    let rules = compile_rules(&token.allow, issuers, text)?;
+    Ok(TokenGrant {
+        grant: Grant {
+            kind: GrantKind::Token,
+            name: name.get_ref().clone(),
+            rules,
+        },
+        audience: audience.clone(),
+        max_ttl,
+        claims,
     })
 }
 
 /// `"1h"`, `"90m"`, `"3600s"` or `"3600"`, between 15 minutes and 12 hours (STS's limits).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_duration_within(text, MIN_DURATION, MAX_DURATION)
+        .map_err(|e| e.replace("the allowed range", "STS's range"))
+}
+
+/// A duration between `min` and `max`.
+fn parse_duration_within(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
     let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((at, _)) => text.split_at(at),
         None => (text, "s"),
@@ -224,8 +322,12 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like \"1h\", \"45m\" or \"900s\""))?;
     let duration = Duration::from_secs(amount.saturating_mul(multiplier));
-    if !(MIN_DURATION..=MAX_DURATION).contains(&duration) {
-        return Err(format!("{text:?} is outside STS's range of 15m to 12h"));
+    if !(min..=max).contains(&duration) {
+        return Err(format!(
+            "{text:?} is outside the allowed range of {}m to {}h",
+            min.as_secs() / 60,
+            max.as_secs() / 3600
+        ));
     }
     Ok(duration)
 }
@@ -280,7 +382,7 @@ fn load_session_policy(
 
 fn compile_rule(
     number: usize,
-    raw: &Spanned<BTreeMap<Spanned<String>, Spanned<RawValue>>>,
+    raw: &Spanned<RawRule>,
     issuers: &[Issuer],
     text: &str,
 ) -> Result<Rule, CompileError> {

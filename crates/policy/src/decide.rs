@@ -1,12 +1,11 @@
-//! Decisions: does a role's rule match these claims? Pure and cheap; the only allocation is on the
-//! deny path, to say which claim failed.
+//! Decisions: does one of a grant's rules match these claims? Pure and cheap; the only
+//! allocation is on the deny path, to say which claim failed.
 
 use std::fmt;
 
-use crate::Claims;
-use crate::{Policy, Role, Rule};
+use crate::{Claims, Grant, GrantKind, Policy, Rule};
 
-/// The outcome for one role.
+/// The outcome for one role or token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Rule `rule` (1-based) matched.
@@ -15,15 +14,23 @@ pub enum Decision {
     Deny(Denial),
 }
 
-/// Why a role was denied, told to the caller in terms of their own claims only.
+/// Why a grant was denied, told to the caller in terms of their own claims only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
-    /// The policy has no role of that name.
-    UnknownRole { role: String },
-    /// No rule of the role accepts tokens from the caller's issuer.
-    NoRuleForIssuer { role: String, issuer: String },
+    /// The policy has no role of that name, or no token for that audience.
+    Unknown { kind: GrantKind, name: String },
+    /// No rule accepts tokens from the caller's issuer.
+    NoRuleForIssuer {
+        kind: GrantKind,
+        name: String,
+        issuer: String,
+    },
     /// The closest rule (fewest failed conditions) and its first failing condition.
-    NoRuleMatched { role: String, closest: RuleFailure },
+    NoRuleMatched {
+        kind: GrantKind,
+        name: String,
+        closest: RuleFailure,
+    },
 }
 
 /// The first failing condition of a rule; `value` is the caller's own claim, `None` if absent.
@@ -38,22 +45,35 @@ pub struct RuleFailure {
 impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::UnknownRole { role } => write!(f, "role {role:?} is not defined in the policy"),
-            Self::NoRuleForIssuer { role, issuer } => {
+            Self::Unknown {
+                kind: GrantKind::Role,
+                name,
+            } => write!(f, "role {name:?} is not defined in the policy"),
+            Self::Unknown {
+                kind: GrantKind::Token,
+                name,
+            } => {
+                write!(f, "the policy issues no token for audience {name:?}")
+            }
+            Self::NoRuleForIssuer { kind, name, issuer } => {
                 write!(
                     f,
-                    "role {role:?}: no rule accepts tokens from issuer {issuer:?}"
+                    "{kind} {name:?}: no rule accepts tokens from issuer {issuer:?}"
                 )
             }
-            Self::NoRuleMatched { role, closest } => match &closest.value {
+            Self::NoRuleMatched {
+                kind,
+                name,
+                closest,
+            } => match &closest.value {
                 Some(value) => write!(
                     f,
-                    "role {role:?}: claim {:?} = {value:?} does not satisfy rule {}",
+                    "{kind} {name:?}: claim {:?} = {value:?} does not satisfy rule {}",
                     closest.claim, closest.rule
                 ),
                 None => write!(
                     f,
-                    "role {role:?}: claim {:?} is missing (rule {})",
+                    "{kind} {name:?}: claim {:?} is missing (rule {})",
                     closest.claim, closest.rule
                 ),
             },
@@ -75,15 +95,27 @@ impl Policy {
     /// Decides whether `claims` may assume `role`. Deny by default.
     pub fn decide(&self, role: &str, claims: &Claims) -> Decision {
         match self.role(role) {
-            Some(role) => role.decide(claims),
-            None => Decision::Deny(Denial::UnknownRole {
-                role: role.to_owned(),
+            Some(role) => role.grant.decide(claims),
+            None => Decision::Deny(Denial::Unknown {
+                kind: GrantKind::Role,
+                name: role.to_owned(),
+            }),
+        }
+    }
+
+    /// Decides whether `claims` may get a token for `audience`. Deny by default.
+    pub fn decide_token(&self, audience: &str, claims: &Claims) -> Decision {
+        match self.token_for(audience) {
+            Some(token) => token.grant.decide(claims),
+            None => Decision::Deny(Denial::Unknown {
+                kind: GrantKind::Token,
+                name: audience.to_owned(),
             }),
         }
     }
 }
 
-impl Role {
+impl Grant {
     /// The first matching rule allows; otherwise the closest rule explains the denial.
     pub fn decide(&self, claims: &Claims) -> Decision {
         let mut closest: Option<RuleFailure> = None;
@@ -104,11 +136,16 @@ impl Role {
                 Some(_) => {}
             }
         }
-        let role = self.name.clone();
+        let (kind, name) = (self.kind, self.name.clone());
         Decision::Deny(match closest {
-            Some(closest) => Denial::NoRuleMatched { role, closest },
+            Some(closest) => Denial::NoRuleMatched {
+                kind,
+                name,
+                closest,
+            },
             None => Denial::NoRuleForIssuer {
-                role,
+                kind,
+                name,
                 issuer: claims.issuer().to_owned(),
             },
         })

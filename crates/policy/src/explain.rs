@@ -4,7 +4,7 @@
 
 use std::fmt::{self, Write as _};
 
-use crate::{Claims, Decision, Policy, Role, Rule};
+use crate::{Claims, Decision, Grant, GrantKind, Policy, Rule};
 
 /// How one rule fared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,29 +23,34 @@ impl RuleReport {
     }
 }
 
-/// How one role fared.
+/// How one role or token fared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Explanation {
-    pub role: String,
+    pub kind: GrantKind,
+    pub name: String,
     pub decision: Decision,
     pub rules: Vec<RuleReport>,
 }
 
-/// Explains `claims` against every role, or only `role`.
-pub fn explain(policy: &Policy, claims: &Claims, role: Option<&str>) -> Vec<Explanation> {
+/// Explains `claims` against every role and token, or only those named `name`.
+pub fn explain(policy: &Policy, claims: &Claims, name: Option<&str>) -> Vec<Explanation> {
     policy
-        .roles
-        .iter()
-        .filter(|r| role.is_none_or(|name| r.name == name))
-        .map(|r| explain_role(r, claims))
+        .grants()
+        .filter(|grant| name.is_none_or(|name| grant.name == name))
+        .map(|grant| explain_grant(grant, claims))
         .collect()
 }
 
-fn explain_role(role: &Role, claims: &Claims) -> Explanation {
+fn explain_grant(grant: &Grant, claims: &Claims) -> Explanation {
     Explanation {
-        role: role.name.clone(),
-        decision: role.decide(claims),
-        rules: role.rules.iter().map(|rule| report(rule, claims)).collect(),
+        kind: grant.kind,
+        name: grant.name.clone(),
+        decision: grant.decide(claims),
+        rules: grant
+            .rules
+            .iter()
+            .map(|rule| report(rule, claims))
+            .collect(),
     }
 }
 
@@ -74,8 +79,10 @@ fn report(rule: &Rule, claims: &Claims) -> RuleReport {
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.decision {
-            Decision::Allow { rule } => writeln!(f, "role {:?}: ALLOW (rule {rule})", self.role)?,
-            Decision::Deny(denial) => writeln!(f, "role {:?}: DENY: {denial}", self.role)?,
+            Decision::Allow { rule } => {
+                writeln!(f, "{} {:?}: ALLOW (rule {rule})", self.kind, self.name)?
+            }
+            Decision::Deny(denial) => writeln!(f, "{} {:?}: DENY: {denial}", self.kind, self.name)?,
         }
         for report in &self.rules {
             let mut line = format!("  rule {} (line {}): ", report.rule, report.line);

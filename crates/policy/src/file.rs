@@ -48,7 +48,23 @@ pub(crate) struct RawPolicy {
     pub issuers: Vec<Spanned<RawIssuer>>,
     #[serde(default, rename = "role")]
     pub roles: BTreeMap<Spanned<String>, Spanned<RawRole>>,
+    #[serde(default, rename = "token")]
+    pub tokens: BTreeMap<Spanned<String>, Spanned<RawToken>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawToken {
+    pub audience: Spanned<String>,
+    pub max_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    pub claims: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub allow: Vec<Spanned<RawRule>>,
+}
+
+/// One `[[….allow]]` table: claim conditions and rule options.
+pub(crate) type RawRule = BTreeMap<Spanned<String>, Spanned<RawValue>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,7 +83,7 @@ pub(crate) struct RawRole {
     pub session_tags: Vec<Spanned<String>>,
     pub session_policy: Option<Spanned<String>>,
     #[serde(default)]
-    pub allow: Vec<Spanned<BTreeMap<Spanned<String>, Spanned<RawValue>>>>,
+    pub allow: Vec<Spanned<RawRule>>,
 }
 
 /// A rule entry: a claim condition (string or list of strings) or a rule option.

@@ -17,6 +17,7 @@ mod tests;
 
 use std::time::Duration;
 
+pub use compile::check_url;
 pub use decide::{Decision, Denial, RuleFailure};
 pub use file::{PolicyError, load, parse};
 pub use glob::Pattern;
@@ -43,6 +44,36 @@ pub struct Policy {
     pub issuers: Vec<Issuer>,
     /// Roles by name, in file order.
     pub roles: Vec<Role>,
+    /// Tokens the broker re-issues, by name, in file order.
+    pub tokens: Vec<TokenGrant>,
+}
+
+/// What a set of rules protects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantKind {
+    /// AWS credentials of a role (`/v1/credentials`).
+    Role,
+    /// A broker-signed token for an audience (`/v1/token`).
+    Token,
+}
+
+impl std::fmt::Display for GrantKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Role => "role",
+            Self::Token => "token",
+        })
+    }
+}
+
+/// A named set of rules; deny by default, allowed when any rule matches.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub kind: GrantKind,
+    /// The `[role.NAME]` or `[token.NAME]` name.
+    pub name: String,
+    /// The rules, any of which allows.
+    pub rules: Vec<Rule>,
 }
 
 /// A trusted GitLab instance.
@@ -59,8 +90,8 @@ pub struct Issuer {
 /// A role a job may assume.
 #[derive(Debug, Clone)]
 pub struct Role {
-    /// The name callers ask for (`role=`).
-    pub name: String,
+    /// Its name (what callers ask for with `role=`) and rules.
+    pub grant: Grant,
     /// The IAM role to assume.
     pub arn: RoleArn,
     /// Longest session; default 1 h, between 15 min and 12 h.
@@ -69,8 +100,19 @@ pub struct Role {
     pub session_tags: Vec<String>,
     /// Minified JSON session policy that scopes the session down; default none.
     pub session_policy: Option<String>,
-    /// The rules, any of which allows the role.
-    pub rules: Vec<Rule>,
+}
+
+/// A token the broker may re-issue, signed with its KMS key.
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    /// Its name and rules.
+    pub grant: Grant,
+    /// The one `aud` a caller may request for it.
+    pub audience: String,
+    /// Longest lifetime; default 15 min, never past the GitLab token's `exp`.
+    pub max_ttl: Duration,
+    /// Verified GitLab claims copied into the token (besides `sub`).
+    pub claims: Vec<String>,
 }
 
 /// A conjunction of conditions, tied to one issuer.
@@ -125,6 +167,19 @@ impl Policy {
 
     /// The role named `name`, if any.
     pub fn role(&self, name: &str) -> Option<&Role> {
-        self.roles.iter().find(|role| role.name == name)
+        self.roles.iter().find(|role| role.grant.name == name)
+    }
+
+    /// The token whose audience is `audience`, if any.
+    pub fn token_for(&self, audience: &str) -> Option<&TokenGrant> {
+        self.tokens.iter().find(|token| token.audience == audience)
+    }
+
+    /// Every role's and token's rules, roles first, in file order.
+    pub fn grants(&self) -> impl Iterator<Item = &Grant> {
+        self.roles
+            .iter()
+            .map(|r| &r.grant)
+            .chain(self.tokens.iter().map(|t| &t.grant))
     }
 }

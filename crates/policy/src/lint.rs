@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::gitlab::{FREE_FORM, IDENTIFYING, KNOWN_CLAIMS, SOMETIMES_ABSENT, did_you_mean};
-use crate::{Condition, Pattern, Policy, Role, Rule};
+use crate::{Condition, Grant, GrantKind, Pattern, Policy, Role, Rule};
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,8 +31,10 @@ pub struct Finding {
     /// Stable name, e.g. `unpinned-identity`.
     pub name: &'static str,
     pub severity: Severity,
-    /// The role the finding is about.
-    pub role: String,
+    /// Whether the finding is about a role or a token.
+    pub kind: GrantKind,
+    /// The role's or token's name.
+    pub grant: String,
     /// 1-based rule number, when the finding is about one rule.
     pub rule: Option<usize>,
     /// Line in the policy file (the rule's, or the role's first rule's).
@@ -76,7 +78,7 @@ pub const LINTS: &[(&str, &str, Severity, &str)] = &[
         "TB106",
         "shadowed-rule",
         Severity::Warning,
-        "a rule is identical to, or allows nothing beyond, another rule of the same role",
+        "a rule is identical to, or allows nothing beyond, another rule of the same role or token",
     ),
     (
         "TB107",
@@ -95,28 +97,31 @@ pub const LINTS: &[(&str, &str, Severity, &str)] = &[
 /// Every finding for `policy`, in file order.
 pub fn lint(policy: &Policy) -> Vec<Finding> {
     let mut findings = Vec::new();
-    for role in &policy.roles {
-        for rule in &role.rules {
-            lint_rule(role, rule, &mut findings);
+    for grant in policy.grants() {
+        for rule in &grant.rules {
+            lint_rule(grant, rule, &mut findings);
         }
-        lint_shadowing(role, &mut findings);
+        lint_shadowing(grant, &mut findings);
+    }
+    for role in &policy.roles {
         lint_session_tags(role, &mut findings);
     }
     findings.sort_by_key(|f| (f.line, f.id));
     findings
 }
 
-fn finding(id: &'static str, role: &Role, rule: Option<&Rule>, message: String) -> Finding {
+fn finding(id: &'static str, grant: &Grant, rule: Option<&Rule>, message: String) -> Finding {
     let &(_, name, severity, _) = LINTS
         .iter()
         .find(|(known, ..)| *known == id)
         .expect("a listed lint");
-    let line = rule.or(role.rules.first()).map_or(0, |r| r.line);
+    let line = rule.or(grant.rules.first()).map_or(0, |r| r.line);
     Finding {
         id,
         name,
         severity,
-        role: role.name.clone(),
+        kind: grant.kind,
+        grant: grant.name.clone(),
         rule: rule.map(|r| r.number),
         line,
         message,
@@ -136,10 +141,10 @@ fn requires_true(rule: &Rule, claim: &str) -> bool {
     condition(rule, claim).is_some_and(|c| c.patterns.iter().all(|p| p.source() == "true"))
 }
 
-fn lint_rule(role: &Role, rule: &Rule, findings: &mut Vec<Finding>) {
+fn lint_rule(grant: &Grant, rule: &Rule, findings: &mut Vec<Finding>) {
     let n = rule.number;
     if !rule.allow_path_only && !pins(rule, "project_id") && !pins(rule, "namespace_id") {
-        findings.push(finding("TB101", role, Some(rule), format!("rule {n} pins neither project_id nor namespace_id; paths can be renamed and re-registered by someone else (pin an id, or set allow_path_only = true)")));
+        findings.push(finding("TB101", grant, Some(rule), format!("rule {n} pins neither project_id nor namespace_id; paths can be renamed and re-registered by someone else (pin an id, or set allow_path_only = true)")));
     }
     for c in &rule.conditions {
         if IDENTIFYING.contains(&c.claim.as_str())
@@ -147,7 +152,7 @@ fn lint_rule(role: &Role, rule: &Rule, findings: &mut Vec<Finding>) {
         {
             findings.push(finding(
                 "TB102",
-                role,
+                grant,
                 Some(rule),
                 format!("rule {n}: {} matches every value", c.claim),
             ));
@@ -157,7 +162,7 @@ fn lint_rule(role: &Role, rule: &Rule, findings: &mut Vec<Finding>) {
                 .map_or(String::new(), |known| format!("; did you mean {known:?}?"));
             findings.push(finding(
                 "TB105",
-                role,
+                grant,
                 Some(rule),
                 format!(
                     "rule {n}: GitLab issues no claim {:?}, so the rule never matches{hint}",
@@ -167,12 +172,12 @@ fn lint_rule(role: &Role, rule: &Rule, findings: &mut Vec<Finding>) {
         }
     }
     if !requires_true(rule, "ref_protected") && !requires_true(rule, "environment_protected") {
-        findings.push(finding("TB103", role, Some(rule), format!("rule {n} trusts unprotected refs: require ref_protected = \"true\" or environment_protected = \"true\"")));
+        findings.push(finding("TB103", grant, Some(rule), format!("rule {n} trusts unprotected refs: require ref_protected = \"true\" or environment_protected = \"true\"")));
     }
     if condition(rule, "ref").is_some() && !pins(rule, "ref_type") {
         findings.push(finding(
             "TB104",
-            role,
+            grant,
             Some(rule),
             format!(
                 "rule {n} matches ref without fixing ref_type: a tag can be named like a branch"
@@ -197,9 +202,9 @@ fn implies(narrow: &Rule, wide: &Rule) -> bool {
         })
 }
 
-fn lint_shadowing(role: &Role, findings: &mut Vec<Finding>) {
-    for (i, rule) in role.rules.iter().enumerate() {
-        for (j, other) in role.rules.iter().enumerate() {
+fn lint_shadowing(grant: &Grant, findings: &mut Vec<Finding>) {
+    for (i, rule) in grant.rules.iter().enumerate() {
+        for (j, other) in grant.rules.iter().enumerate() {
             if i == j || !implies(rule, other) {
                 continue;
             }
@@ -215,7 +220,7 @@ fn lint_shadowing(role: &Role, findings: &mut Vec<Finding>) {
             };
             findings.push(finding(
                 "TB106",
-                role,
+                grant,
                 Some(rule),
                 format!("rule {} {how} rule {}", rule.number, other.number),
             ));
@@ -227,16 +232,21 @@ fn lint_shadowing(role: &Role, findings: &mut Vec<Finding>) {
 fn lint_session_tags(role: &Role, findings: &mut Vec<Finding>) {
     for claim in &role.session_tags {
         if SOMETIMES_ABSENT.contains(&claim.as_str()) {
-            let required =
-                !role.rules.is_empty() && role.rules.iter().all(|r| condition(r, claim).is_some());
+            let required = !role.grant.rules.is_empty()
+                && role
+                    .grant
+                    .rules
+                    .iter()
+                    .all(|r| condition(r, claim).is_some());
             if !required {
-                findings.push(finding("TB107", role, None, format!("session tag {claim:?}: some jobs' tokens have no {claim}, and their requests are denied; require it in every rule or drop the tag")));
+                findings.push(finding("TB107", &role.grant, None, format!("session tag {claim:?}: some jobs' tokens have no {claim}, and their requests are denied; require it in every rule or drop the tag")));
             }
         }
         if FREE_FORM.contains(&claim.as_str()) {
-            let pinned = !role.rules.is_empty() && role.rules.iter().all(|r| pins(r, claim));
+            let pinned =
+                !role.grant.rules.is_empty() && role.grant.rules.iter().all(|r| pins(r, claim));
             if !pinned {
-                findings.push(finding("TB108", role, None, format!("session tag {claim:?}: its values may contain characters STS refuses in tags, and such requests are denied")));
+                findings.push(finding("TB108", &role.grant, None, format!("session tag {claim:?}: its values may contain characters STS refuses in tags, and such requests are denied")));
             }
         }
     }

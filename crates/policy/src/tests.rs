@@ -86,7 +86,7 @@ fn the_design_example_compiles_with_its_defaults() {
         role.session_policy.as_deref(),
         Some(r#"{"Statement":[],"Version":"2012-10-17"}"#)
     );
-    assert_eq!(role.rules[1].line, 20);
+    assert_eq!(role.grant.rules[1].line, 20);
 }
 
 #[test]
@@ -345,5 +345,121 @@ fn http_issuers_are_only_accepted_on_loopback() {
     ] {
         let text = format!("audience = \"a\"\n[[issuer]]\nurl = \"{url}\"\n");
         assert_eq!(compile(&text).is_ok(), ok, "{url}");
+    }
+}
+
+const TOKENS: &str = r#"
+[token.aws-web-identity]
+audience = "sts.amazonaws.com"
+max_ttl = "10m"
+claims = ["project_id", "ref", "environment"]
+
+[[token.aws-web-identity.allow]]
+project_id = "4242"
+ref_type = "branch"
+ref = "main"
+ref_protected = "true"
+
+[token.vault]
+audience = "https://vault.example.com"
+
+[[token.vault.allow]]
+namespace_id = "72"
+"#;
+
+#[test]
+fn tokens_compile_with_defaults_and_decide_by_audience() {
+    let policy = compile(&format!("{POLICY}{TOKENS}")).unwrap();
+    let web = policy.token_for("sts.amazonaws.com").unwrap();
+    assert_eq!(
+        (web.grant.name.as_str(), web.max_ttl.as_secs()),
+        ("aws-web-identity", 600)
+    );
+    assert_eq!(web.claims, ["project_id", "ref", "environment"]);
+    assert_eq!(
+        policy
+            .token_for("https://vault.example.com")
+            .unwrap()
+            .max_ttl
+            .as_secs(),
+        900
+    );
+    let cases = [
+        ("sts.amazonaws.com", job(&[]), true),
+        ("sts.amazonaws.com", job(&[("ref", "dev")]), false),
+        ("sts.amazonaws.com", job(&[("ref_type", "tag")]), false),
+        (
+            "https://vault.example.com",
+            job(&[("project_id", "1")]),
+            true,
+        ),
+        (
+            "https://vault.example.com",
+            job(&[("namespace_id", "73")]),
+            false,
+        ),
+        ("https://other.example.com", job(&[]), false),
+    ];
+    for (audience, claims, allowed) in cases {
+        let decision = policy.decide_token(audience, &claims);
+        assert_eq!(
+            matches!(decision, Decision::Allow { .. }),
+            allowed,
+            "{audience} {claims:?}"
+        );
+    }
+    let Decision::Deny(denial) = policy.decide_token("https://other.example.com", &job(&[])) else {
+        panic!()
+    };
+    assert_eq!(
+        denial.to_string(),
+        r#"the policy issues no token for audience "https://other.example.com""#
+    );
+    let Decision::Deny(denial) = policy.decide_token("sts.amazonaws.com", &job(&[("ref", "dev")]))
+    else {
+        panic!()
+    };
+    assert!(
+        denial
+            .to_string()
+            .starts_with(r#"token "aws-web-identity": claim "ref""#),
+        "{denial}"
+    );
+}
+
+#[test]
+fn broken_token_entries_are_refused() {
+    let cases = [
+        (
+            "claims = [\"project_id\", \"ref\", \"environment\"]",
+            "claims = [\"sub\"]",
+            "its own",
+        ),
+        (
+            "claims = [\"project_id\", \"ref\", \"environment\"]",
+            "claims = [\"ref\", \"ref\"]",
+            "listed twice",
+        ),
+        ("max_ttl = \"10m\"", "max_ttl = \"30s\"", "max_ttl"),
+        ("max_ttl = \"10m\"", "max_ttl = \"13h\"", "max_ttl"),
+        (
+            "audience = \"https://vault.example.com\"",
+            "audience = \"sts.amazonaws.com\"",
+            "two [token] entries",
+        ),
+        (
+            "audience = \"https://vault.example.com\"",
+            "audience = \"\"",
+            "non-empty",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        let text = format!("{POLICY}{}", TOKENS.replacen(from, to, 1));
+        let error = compile(&text).expect_err(expected);
+        assert!(
+            error.message.contains(expected),
+            "{expected:?} not in {error}"
+        );
+        assert!(error.line > 0, "{error}");
     }
 }

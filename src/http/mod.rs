@@ -16,11 +16,16 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Seconds a caller should wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "5";
 
+mod issuer;
+
 /// What the transport knows about a request that the HTTP message does not carry.
 #[derive(Debug, Clone)]
 pub struct RequestMeta {
     /// Lambda's request id, or a fresh UUID locally.
     pub request_id: String,
+    /// The broker's public base URL as the transport knows it (in Lambda `https://` plus the
+    /// Function URL domain AWS reports, under `serve` the listen address); never a client header.
+    pub origin: Option<String>,
 }
 
 /// An error response in the OAuth style.
@@ -32,7 +37,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             code,
@@ -100,6 +109,12 @@ impl From<BrokerError> for ApiError {
             BrokerError::Sts(StsError::Refused { .. }) => {
                 Self::new(StatusCode::BAD_GATEWAY, "server_error", description)
             }
+            BrokerError::Kms(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                description,
+            ),
+            BrokerError::NoSigningKey => Self::new(StatusCode::NOT_FOUND, "not_found", description),
         }
     }
 }
@@ -131,7 +146,17 @@ async fn route(
             &serde_json::json!({"status": "ok"}),
         )),
         (&Method::POST, "/v1/credentials") => credentials(state, request, meta).await,
-        (_, "/healthz" | "/v1/credentials") => Err(ApiError::new(
+        (&Method::POST, "/v1/token") => issuer::token(state, request, meta).await,
+        (&Method::GET, "/.well-known/openid-configuration") => issuer::discovery(state, meta).await,
+        (&Method::GET, "/.well-known/jwks.json") => issuer::jwks(state).await,
+        (
+            _,
+            "/healthz"
+            | "/v1/credentials"
+            | "/v1/token"
+            | "/.well-known/openid-configuration"
+            | "/.well-known/jwks.json",
+        ) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request",
             "method not allowed",
@@ -402,6 +427,7 @@ fn credentials_env(issued: &Issued) -> Response<Bytes> {
     response
 }
 
+/// A JSON response that no cache may keep (it may carry credentials).
 fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Bytes> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Bytes::from(bytes));

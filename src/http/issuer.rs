@@ -1,0 +1,209 @@
+//! The broker as an OIDC issuer: RFC 8693 token exchange (`POST /v1/token`), discovery and the
+//! JWK set of its KMS keys. Errors follow RFC 8693 §2.2.2 / RFC 6749 §5.2.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use serde_json::json;
+
+use super::{ApiError, RequestMeta, json_response};
+use crate::broker::BrokerError;
+use crate::oidc::token::MAX_TOKEN_BYTES;
+use crate::secret::Secret;
+use crate::startup::AppState;
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// Discovery and keys change only with a deploy or a key rotation.
+const PUBLIC_CACHE: &str = "public, max-age=300";
+const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
+
+/// The parameters of a token exchange request.
+#[derive(Debug)]
+struct Exchange {
+    subject_token: Secret,
+    audience: String,
+}
+
+impl Exchange {
+    fn parse(request: &Request<Bytes>) -> Result<Self, ApiError> {
+        let content_type = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+                "the request body must be application/x-www-form-urlencoded",
+            ));
+        }
+        let mut params: Vec<(String, String)> = Vec::new();
+        for (name, value) in form_urlencoded::parse(request.body()) {
+            if params.iter().any(|(seen, _)| *seen == name) {
+                return Err(ApiError::invalid_request(format!(
+                    "parameter `{name}` is repeated"
+                )));
+            }
+            params.push((name.into_owned(), value.into_owned()));
+        }
+        let get = |name: &str| {
+            params
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        if get("grant_type") != Some(TOKEN_EXCHANGE) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("`grant_type` must be {TOKEN_EXCHANGE}"),
+            ));
+        }
+        if get("actor_token").is_some() || get("actor_token_type").is_some() {
+            return Err(ApiError::invalid_request(
+                "delegation (`actor_token`) is not supported",
+            ));
+        }
+        if !matches!(
+            get("subject_token_type"),
+            Some(TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN)
+        ) {
+            return Err(ApiError::invalid_request(format!(
+                "`subject_token_type` must be {TOKEN_TYPE_JWT} or {TOKEN_TYPE_ID_TOKEN}"
+            )));
+        }
+        if get("requested_token_type").is_some_and(|t| t != TOKEN_TYPE_JWT) {
+            return Err(ApiError::invalid_request(format!(
+                "`requested_token_type` can only be {TOKEN_TYPE_JWT}"
+            )));
+        }
+        let subject_token = get("subject_token").filter(|t| !t.is_empty());
+        let subject_token = subject_token
+            .ok_or_else(|| ApiError::invalid_request("`subject_token` is required"))?;
+        if subject_token.len() > MAX_TOKEN_BYTES {
+            return Err(ApiError::invalid_request(format!(
+                "`subject_token` exceeds {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
+        let audience = get("audience").filter(|a| !a.is_empty());
+        let audience =
+            audience.ok_or_else(|| ApiError::invalid_request("`audience` is required"))?;
+        Ok(Self {
+            subject_token: Secret::new(subject_token),
+            audience: audience.to_owned(),
+        })
+    }
+}
+
+/// `POST /v1/token`.
+pub(super) async fn token(
+    state: &AppState,
+    request: &Request<Bytes>,
+    meta: &RequestMeta,
+) -> Result<Response<Bytes>, ApiError> {
+    let exchange = Exchange::parse(request)?;
+    let issuer = issuer(state, meta)?;
+    let issued = state
+        .broker
+        .token(
+            &exchange.subject_token,
+            &exchange.audience,
+            &issuer,
+            &meta.request_id,
+        )
+        .await
+        .map_err(token_error)?;
+    let body = json!({
+        "access_token": issued.token.expose(),
+        "issued_token_type": TOKEN_TYPE_JWT,
+        "token_type": "N_A",
+        "expires_in": issued.expires_in,
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// RFC 8693 §2.2.2: a bad subject token is `invalid_grant`, an audience the policy does not
+/// grant is `invalid_target`.
+fn token_error(error: BrokerError) -> ApiError {
+    let description = error.to_string();
+    match error {
+        BrokerError::InvalidToken(e) if !e.is_retryable() => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
+        }
+        BrokerError::AccessDenied(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_target", description)
+        }
+        other => other.into(),
+    }
+}
+
+/// `GET /.well-known/openid-configuration`.
+pub(super) async fn discovery(
+    state: &AppState,
+    meta: &RequestMeta,
+) -> Result<Response<Bytes>, ApiError> {
+    let kms = state.broker.kms().ok_or(BrokerError::NoSigningKey)?;
+    let keys = kms.keys().await.map_err(BrokerError::from)?;
+    let issuer = issuer(state, meta)?;
+    let algorithms: BTreeSet<&str> = keys.all.iter().map(|k| k.algorithm.jws()).collect();
+    let policy = state.broker.policy();
+    let claims: BTreeSet<&str> = REGISTERED_CLAIMS
+        .into_iter()
+        .chain(
+            policy
+                .tokens
+                .iter()
+                .flat_map(|t| t.claims.iter().map(String::as_str)),
+        )
+        .collect();
+    let document = json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "token_endpoint": format!("{issuer}/v1/token"),
+        "grant_types_supported": [TOKEN_EXCHANGE],
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": algorithms,
+        "claims_supported": claims,
+    });
+    Ok(cacheable(json_response(StatusCode::OK, &document)))
+}
+
+/// `GET /.well-known/jwks.json`: the active key and any retired keys.
+pub(super) async fn jwks(state: &AppState) -> Result<Response<Bytes>, ApiError> {
+    let kms = state.broker.kms().ok_or(BrokerError::NoSigningKey)?;
+    let keys = kms.keys().await.map_err(BrokerError::from)?;
+    let jwks: Vec<&serde_json::Value> = keys.all.iter().map(|k| &k.jwk).collect();
+    Ok(cacheable(json_response(
+        StatusCode::OK,
+        &json!({ "keys": jwks }),
+    )))
+}
+
+fn cacheable(mut response: Response<Bytes>) -> Response<Bytes> {
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static(PUBLIC_CACHE));
+    response
+}
+
+/// `ISSUER_URL`, else what the transport says the broker's address is.
+fn issuer(state: &AppState, meta: &RequestMeta) -> Result<String, ApiError> {
+    state
+        .issuer_url
+        .clone()
+        .or_else(|| meta.origin.clone())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the broker's issuer URL is unknown: set ISSUER_URL",
+            )
+        })
+}
