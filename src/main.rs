@@ -60,7 +60,7 @@ enum PolicyCommand {
         /// JSON file with the token's claims (including `iss`).
         #[arg(long)]
         claims: PathBuf,
-        /// Only this role.
+        /// Only this role or token (by its name).
         #[arg(long)]
         role: Option<String>,
     },
