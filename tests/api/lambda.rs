@@ -185,3 +185,37 @@ impl Drop for ChildGroup {
         let _ = self.0.wait();
     }
 }
+
+/// In Lambda the issuer is `https://` plus the Function URL domain AWS puts in the event, not the
+/// Host header a caller chooses.
+#[tokio::test]
+async fn in_lambda_the_issuer_is_the_function_url_domain() {
+    let kms = aws_sdk_kms::Client::new(&moto_sdk_config());
+    let key = kms
+        .create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::Rsa2048)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+        .send()
+        .await
+        .unwrap();
+    let settings = token_broker::config::Settings {
+        kms_key_id: key.key_metadata.map(|m| m.key_id),
+        ..Default::default()
+    };
+    let app = spawn_app_with(POLICY, settings).await;
+    let mut event: Value = serde_json::from_str(CREDENTIALS_EVENT).unwrap();
+    event["rawPath"] = json!("/.well-known/openid-configuration");
+    event["rawQueryString"] = json!("");
+    event["requestContext"]["http"]["method"] = json!("GET");
+    event["headers"]["host"] = json!("attacker.example.com");
+    let request = lambda_http::request::from_str(&event.to_string()).unwrap();
+    let response = lambda::invoke(&app.state, request).await;
+    assert_eq!(response.status(), 200);
+    let discovery = body_json(&response);
+    let expected = "https://abcdefghijklmnopqrstuvwxyz012345.lambda-url.eu-west-1.on.aws";
+    assert_eq!(discovery["issuer"], expected);
+    assert_eq!(
+        discovery["jwks_uri"],
+        format!("{expected}/.well-known/jwks.json")
+    );
+}
