@@ -7,6 +7,7 @@
 pub mod claims;
 pub mod keys;
 mod server;
+pub mod sts;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -51,12 +52,17 @@ impl LocalIssuer {
 
     /// Starts on `address`.
     pub async fn start_on(address: &str) -> Self {
+        Self::start_with(address, SigningKey::generate()).await
+    }
+
+    /// Starts on `address` signing with `key` (an RSA-4096 one, say).
+    pub async fn start_with(address: &str, key: SigningKey) -> Self {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .expect("bind local issuer");
         let url = format!("http://{}", listener.local_addr().expect("local address"));
         let shared = Arc::new(Shared {
-            keys: RwLock::new(vec![SigningKey::generate()]),
+            keys: RwLock::new(vec![key]),
             mode: RwLock::new(Mode::Up),
             jwks_requests: AtomicUsize::new(0),
             issuer: url,

@@ -1,14 +1,15 @@
 //! Raw policy → compiled [`Policy`]: every value checked once, every pattern compiled once, so a
 //! policy that would fail at request time fails at start (and in `policy check`) instead.
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use regex::Regex;
 use std::sync::LazyLock;
 use toml::Spanned;
 
-use crate::file::{RawIssuer, RawPolicy, RawRole, RawRule, RawToken, RawValue, line_column};
+use crate::file::{LineIndex, RawIssuer, RawPolicy, RawRole, RawRule, RawToken, RawValue};
 use crate::names::{MAX_SESSION_POLICY_CHARS, MAX_SESSION_TAGS, RoleArn, SessionTag};
 use crate::{
     Algorithm, Condition, Grant, GrantKind, Issuer, Pattern, Policy, Role, Rule, TokenGrant,
@@ -24,6 +25,28 @@ const MIN_DURATION: Duration = Duration::from_secs(900);
 const MAX_DURATION: Duration = Duration::from_secs(12 * 3600);
 const DEFAULT_MAX_TTL: Duration = Duration::from_secs(15 * 60);
 const MIN_TTL: Duration = Duration::from_secs(60);
+
+/// What every rule's compilation shares.
+struct Context<'a> {
+    issuers: &'a [Issuer],
+    lines: LineIndex,
+    /// Compiled globs by source: large policies repeat a few (`v*`, `release/*`) thousands of
+    /// times, and compiling a regular expression costs far more than matching one.
+    patterns: RefCell<HashMap<String, Pattern>>,
+}
+
+impl Context<'_> {
+    fn pattern(&self, source: &str) -> Result<Pattern, String> {
+        if let Some(pattern) = self.patterns.borrow().get(source) {
+            return Ok(pattern.clone());
+        }
+        let pattern = Pattern::compile(source)?;
+        self.patterns
+            .borrow_mut()
+            .insert(source.to_owned(), pattern.clone());
+        Ok(pattern)
+    }
+}
 
 /// A compile error at a byte offset of the policy text.
 #[derive(Debug)]
@@ -54,20 +77,24 @@ pub(crate) fn compile(
         );
     }
     let issuers = compile_issuers(&raw.issuers)?;
+    let context = Context {
+        issuers: &issuers,
+        lines: LineIndex::new(text),
+        patterns: RefCell::default(),
+    };
     let roles = raw
         .roles
         .iter()
-        .map(|(name, role)| compile_role(name, role, &issuers, text, read))
+        .map(|(name, role)| compile_role(name, role, &context, read))
         .collect::<Result<_, _>>()?;
     let tokens: Vec<TokenGrant> = raw
         .tokens
         .iter()
-        .map(|(name, token)| compile_token(name, token, &issuers, text))
+        .map(|(name, token)| compile_token(name, token, &context))
         .collect::<Result<_, _>>()?;
     for (i, token) in tokens.iter().enumerate() {
         if tokens[..i].iter().any(|t| t.audience == token.audience) {
-            let (name, raw_token) = raw.tokens.iter().nth(i).expect("same order");
-            let _ = name;
+            let (_, raw_token) = raw.tokens.iter().nth(i).expect("same order");
             return error_at(
                 raw_token.get_ref().audience.span(),
                 format!(
@@ -184,8 +211,7 @@ fn asymmetric_algorithm(name: &str) -> Result<Algorithm, String> {
 fn compile_role(
     name: &Spanned<String>,
     raw: &Spanned<RawRole>,
-    issuers: &[Issuer],
-    text: &str,
+    context: &Context<'_>,
     read: &dyn Fn(&str) -> Result<String, String>,
 ) -> Result<Role, CompileError> {
     if !ROLE_NAME.is_match(name.get_ref()) {
@@ -211,13 +237,9 @@ fn compile_role(
             Some(load_session_policy(path.get_ref(), read).or_else(|e| error_at(path.span(), e))?)
         }
     };
-    let rules = compile_rules(&role.allow, issuers, text)?;
+    let rules = compile_rules(&role.allow, context)?;
     Ok(Role {
-        grant: Grant {
-            kind: GrantKind::Role,
-            name: name.get_ref().clone(),
-            rules,
-        },
+        grant: Grant::new(GrantKind::Role, name.get_ref().clone(), rules),
         arn,
         max_duration,
         session_tags,
@@ -227,12 +249,11 @@ fn compile_role(
 
 fn compile_rules(
     raw: &[Spanned<RawRule>],
-    issuers: &[Issuer],
-    text: &str,
+    context: &Context<'_>,
 ) -> Result<Vec<Rule>, CompileError> {
     raw.iter()
         .enumerate()
-        .map(|(i, rule)| compile_rule(i + 1, rule, issuers, text))
+        .map(|(i, rule)| compile_rule(i + 1, rule, context))
         .collect()
 }
 
@@ -242,8 +263,7 @@ const REGISTERED: [&str; 7] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
 fn compile_token(
     name: &Spanned<String>,
     raw: &Spanned<RawToken>,
-    issuers: &[Issuer],
-    text: &str,
+    context: &Context<'_>,
 ) -> Result<TokenGrant, CompileError> {
     if !ROLE_NAME.is_match(name.get_ref()) {
         return error_at(
@@ -283,13 +303,9 @@ fn compile_token(
         }
         claims.push(name.clone());
     }
-    let rules = compile_rules(&token.allow, issuers, text)?;
+    let rules = compile_rules(&token.allow, context)?;
     Ok(TokenGrant {
-        grant: Grant {
-            kind: GrantKind::Token,
-            name: name.get_ref().clone(),
-            rules,
-        },
+        grant: Grant::new(GrantKind::Token, name.get_ref().clone(), rules),
         audience: audience.clone(),
         max_ttl,
         claims,
@@ -383,8 +399,7 @@ fn load_session_policy(
 fn compile_rule(
     number: usize,
     raw: &Spanned<RawRule>,
-    issuers: &[Issuer],
-    text: &str,
+    context: &Context<'_>,
 ) -> Result<Rule, CompileError> {
     let mut issuer = None;
     let mut allow_path_only = false;
@@ -397,19 +412,23 @@ fn compile_rule(
             ("allow_path_only", _) => {
                 return error_at(value.span(), "`allow_path_only` is true or false");
             }
-            (claim, raw_value) => {
-                conditions.push(compile_condition(key, claim, raw_value, value.span())?)
-            }
+            (claim, raw_value) => conditions.push(compile_condition(
+                key,
+                claim,
+                raw_value,
+                value.span(),
+                context,
+            )?),
         }
     }
-    let issuer = rule_issuer(issuer, issuers, raw.span())?;
+    let issuer = rule_issuer(issuer, context.issuers, raw.span())?;
     if conditions.is_empty() {
         return error_at(
             raw.span(),
             "a rule needs at least one claim condition (an empty rule would allow every job)",
         );
     }
-    let (line, _) = line_column(text, raw.span().start);
+    let (line, _) = context.lines.line_column(raw.span().start);
     Ok(Rule {
         number,
         line,
@@ -445,6 +464,7 @@ fn compile_condition(
     claim: &str,
     value: &RawValue,
     span: std::ops::Range<usize>,
+    context: &Context<'_>,
 ) -> Result<Condition, CompileError> {
     if !CLAIM_NAME.is_match(claim) || claim == "iss" {
         return error_at(
@@ -472,7 +492,7 @@ fn compile_condition(
     };
     let patterns = sources
         .into_iter()
-        .map(|s| Pattern::compile(s))
+        .map(|s| context.pattern(s))
         .collect::<Result<Vec<_>, _>>()
         .or_else(|e| error_at(span, format!("condition {claim:?}: {e}")))?;
     Ok(Condition {

@@ -118,12 +118,17 @@ impl Policy {
 impl Grant {
     /// The first matching rule allows; otherwise the closest rule explains the denial.
     pub fn decide(&self, claims: &Claims) -> Decision {
+        let candidates: Box<dyn Iterator<Item = &Rule>> = match &self.index {
+            Some(index) => Box::new(
+                index
+                    .candidates(claims)
+                    .into_iter()
+                    .map(|at| &self.rules[at]),
+            ),
+            None => Box::new(self.rules.iter()),
+        };
         let mut closest: Option<RuleFailure> = None;
-        for rule in self
-            .rules
-            .iter()
-            .filter(|rule| rule.issuer == claims.issuer())
-        {
+        for rule in candidates.filter(|rule| rule.issuer == claims.issuer()) {
             match rule.evaluate(claims) {
                 None => return Decision::Allow { rule: rule.number },
                 Some(failure)
@@ -135,6 +140,15 @@ impl Grant {
                 }
                 Some(_) => {}
             }
+        }
+        if closest.is_none() && self.index.is_some() {
+            // No rule names the caller's project or namespace: explain against the issuer's
+            // first rule rather than scanning thousands.
+            closest = self
+                .rules
+                .iter()
+                .find(|rule| rule.issuer == claims.issuer())
+                .and_then(|rule| rule.evaluate(claims));
         }
         let (kind, name) = (self.kind, self.name.clone());
         Decision::Deny(match closest {

@@ -10,6 +10,7 @@ pub mod explain;
 mod file;
 pub mod gitlab;
 mod glob;
+mod index;
 pub mod lint;
 pub mod names;
 #[cfg(test)]
@@ -74,6 +75,23 @@ pub struct Grant {
     pub name: String,
     /// The rules, any of which allows.
     pub rules: Vec<Rule>,
+    /// For large rule sets, which rules can match a given project or namespace.
+    pub(crate) index: Option<index::RuleIndex>,
+}
+
+impl Grant {
+    /// A grant, indexed when it has many rules.
+    pub fn new(kind: GrantKind, name: String, rules: Vec<Rule>) -> Self {
+        let index = (rules.len() >= index::INDEX_FROM_RULES)
+            .then(|| index::RuleIndex::build(&rules))
+            .flatten();
+        Self {
+            kind,
+            name,
+            rules,
+            index,
+        }
+    }
 }
 
 /// A trusted GitLab instance.

@@ -463,3 +463,66 @@ fn broken_token_entries_are_refused() {
         assert!(error.line > 0, "{error}");
     }
 }
+
+#[test]
+fn an_indexed_grant_decides_exactly_like_a_full_scan() {
+    let mut text = String::from(
+        "audience = \"a\"\n[[issuer]]\nurl = \"https://gitlab.example.com\"\n[role.r]\narn = \"arn:aws:iam::123456789012:role/r\"\n",
+    );
+    for i in 0..60 {
+        let rule = match i % 4 {
+            0 => format!("project_id = \"{}\"\nref = \"main\"", 100 + i),
+            1 => format!(
+                "project_id = [\"{}\", \"{}\"]\nref = \"release/*\"",
+                100 + i,
+                200 + i
+            ),
+            2 => format!("namespace_id = \"{}\"\nref_type = \"tag\"", 300 + i),
+            _ => format!("project_path = \"group-{i}/*\"\nallow_path_only = true"),
+        };
+        text.push_str(&format!("[[role.r.allow]]\n{rule}\n"));
+    }
+    let policy = compile(&text).unwrap();
+    let grant = &policy.role("r").unwrap().grant;
+    assert!(grant.index.is_some(), "60 rules are indexed");
+    let mut jobs = Vec::new();
+    for id in [100, 101, 104, 105, 205, 109, 302, 306, 999] {
+        for (r, rt, path) in [
+            ("main", "branch", "x/y"),
+            ("release/1", "branch", "group-3/web"),
+            ("v1", "tag", "group-7/a"),
+        ] {
+            let (id, ns) = (id.to_string(), (id + 200).to_string());
+            jobs.push(Claims::from_pairs(
+                GITLAB,
+                [
+                    ("project_id", id.as_str()),
+                    ("namespace_id", ns.as_str()),
+                    ("ref", r),
+                    ("ref_type", rt),
+                    ("project_path", path),
+                ],
+            ));
+        }
+    }
+    let mut allowed = 0;
+    for job in &jobs {
+        let scan = grant
+            .rules
+            .iter()
+            .find(|rule| rule.issuer == job.issuer() && rule.evaluate(job).is_none())
+            .map(|rule| rule.number);
+        match grant.decide(job) {
+            Decision::Allow { rule } => {
+                allowed += 1;
+                assert_eq!(Some(rule), scan, "{job:?}");
+            }
+            Decision::Deny(_) => assert_eq!(scan, None, "{job:?}"),
+        }
+    }
+    assert!(
+        allowed > 5 && allowed < jobs.len(),
+        "mixed allow and deny: {allowed}/{}",
+        jobs.len()
+    );
+}

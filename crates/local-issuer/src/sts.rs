@@ -1,0 +1,127 @@
+//! A fast local STS stand-in: answers every AssumeRole with a canned success document (or, when
+//! told to, with STS's throttling or server errors, slowly, or by dropping the connection). For
+//! load tests and fault injection, where moto (Python) would be the bottleneck or could not fail
+//! on demand.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+/// How the stand-in answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StsMode {
+    /// A valid AssumeRole response.
+    Ok = 0,
+    /// 400 `Throttling`.
+    Throttling = 1,
+    /// 500 `InternalFailure`.
+    ServerError = 2,
+    /// A valid response after 10 s.
+    Slow = 3,
+    /// The connection is closed without an answer.
+    Reset = 4,
+}
+
+struct Shared {
+    mode: AtomicU8,
+    calls: AtomicUsize,
+}
+
+/// A running stand-in.
+pub struct LocalSts {
+    url: String,
+    shared: Arc<Shared>,
+}
+
+const ASSUME_ROLE_OK: &str = r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult><SourceIdentity>ada</SourceIdentity><AssumedRoleUser><Arn>arn:aws:sts::123456789012:assumed-role/stand-in/gitlab-session</Arn><AssumedRoleId>AROA3XFRBF535PLBIFPI4:gitlab-session</AssumedRoleId></AssumedRoleUser><Credentials><AccessKeyId>ASIAIOSFODNN7EXAMPLE</AccessKeyId><SecretAccessKey>wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY</SecretAccessKey><SessionToken>FwoGZXIvYXdzEXAMPLESESSIONTOKEN</SessionToken><Expiration>2030-01-01T00:00:00Z</Expiration></Credentials><PackedPolicySize>6</PackedPolicySize></AssumeRoleResult><ResponseMetadata><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ResponseMetadata></AssumeRoleResponse>"#;
+
+fn error_body(code: &str) -> String {
+    format!(
+        r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>{code}</Code><Message>stand-in</Message></Error><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>"#
+    )
+}
+
+impl LocalSts {
+    /// Starts on `address` (e.g. `127.0.0.1:0`).
+    pub async fn start_on(address: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .expect("bind STS stand-in");
+        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        let shared = Arc::new(Shared {
+            mode: AtomicU8::new(StsMode::Ok as u8),
+            calls: AtomicUsize::new(0),
+        });
+        tokio::spawn(serve(listener, shared.clone()));
+        Self { url, shared }
+    }
+
+    /// The endpoint URL, for `AWS_ENDPOINT_URL`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Requests received so far.
+    pub fn calls(&self) -> usize {
+        self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    /// Changes how it answers from now on.
+    pub fn set_mode(&self, mode: StsMode) {
+        self.shared.mode.store(mode as u8, Ordering::SeqCst);
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        if shared.mode.load(Ordering::SeqCst) == StsMode::Reset as u8 {
+            shared.calls.fetch_add(1, Ordering::SeqCst);
+            // Linger zero: closing sends a TCP reset, as a crashed or overloaded peer would.
+            let _ = stream.set_zero_linger();
+            drop(stream);
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let service = service_fn(move |_request| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(answer(&shared).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(shared: &Shared) -> Response<Full<Bytes>> {
+    shared.calls.fetch_add(1, Ordering::SeqCst);
+    let (status, body) = match shared.mode.load(Ordering::SeqCst) {
+        1 => (StatusCode::BAD_REQUEST, error_body("Throttling")),
+        2 => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            error_body("InternalFailure"),
+        ),
+        3 => {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            (StatusCode::OK, ASSUME_ROLE_OK.to_owned())
+        }
+        _ => (StatusCode::OK, ASSUME_ROLE_OK.to_owned()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", "text/xml".parse().expect("static header"));
+    response
+}
