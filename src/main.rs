@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use token_broker::config::Settings;
@@ -103,14 +104,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Loads the policy and builds the state (fetching keys), logging how long init took: the part
+/// of a Lambda cold start that is ours.
 async fn state(settings: &Settings) -> Result<Arc<AppState>, String> {
+    let started = Instant::now();
     let policy = match &settings.policy {
         Some(path) => policy::load(path),
         None => bundled::policy(),
     }
     .map_err(|e| e.to_string())?;
     let sdk = aws::sdk_config().await;
-    Ok(Arc::new(AppState::build(policy, settings, &sdk).await))
+    let state = Arc::new(AppState::build(policy, settings, &sdk).await);
+    tracing::info!(
+        init_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "initialized"
+    );
+    Ok(state)
 }
 
 async fn run_serve(settings: Settings, listen: SocketAddr) -> ExitCode {

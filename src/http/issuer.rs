@@ -1,7 +1,7 @@
 //! The broker as an OIDC issuer: RFC 8693 token exchange (`POST /v1/token`), discovery and the
 //! JWK set of its KMS keys. Errors follow RFC 8693 §2.2.2 / RFC 6749 §5.2.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -43,21 +43,18 @@ impl Exchange {
                 "the request body must be application/x-www-form-urlencoded",
             ));
         }
-        let mut params: Vec<(String, String)> = Vec::new();
+        let mut params: HashMap<String, String> = HashMap::new();
         for (name, value) in form_urlencoded::parse(request.body()) {
-            if params.iter().any(|(seen, _)| *seen == name) {
+            if params
+                .insert(name.to_string(), value.into_owned())
+                .is_some()
+            {
                 return Err(ApiError::invalid_request(format!(
                     "parameter `{name}` is repeated"
                 )));
             }
-            params.push((name.into_owned(), value.into_owned()));
         }
-        let get = |name: &str| {
-            params
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |name: &str| params.get(name).map(String::as_str);
         if get("grant_type") != Some(TOKEN_EXCHANGE) {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -99,6 +96,13 @@ impl Exchange {
             audience: audience.to_owned(),
         })
     }
+}
+
+/// Runs the `POST /v1/token` (RFC 8693) form parser and nothing else. Exists only for the
+/// fuzzer (`fuzz/`), which must reach this private parser without a broker; not part of the API.
+#[doc(hidden)]
+pub fn parse_token_exchange_request(request: &Request<Bytes>) -> Result<(), ApiError> {
+    Exchange::parse(request).map(|_| ())
 }
 
 /// `POST /v1/token`.

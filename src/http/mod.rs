@@ -18,6 +18,9 @@ const RETRY_AFTER_SECS: &str = "5";
 
 mod issuer;
 
+#[doc(hidden)]
+pub use issuer::parse_token_exchange_request;
+
 /// What the transport knows about a request that the HTTP message does not carry.
 #[derive(Debug, Clone)]
 pub struct RequestMeta {
@@ -125,7 +128,15 @@ pub async fn handle(
     request: Request<Bytes>,
     meta: RequestMeta,
 ) -> Response<Bytes> {
-    let mut response = match route(state, &request, &meta).await {
+    // Lambda hands over bodies of up to 6 MB; no route needs more than 16 KiB.
+    let routed = if request.body().len() > MAX_BODY_BYTES {
+        Err(ApiError::invalid_request(format!(
+            "request body exceeds {MAX_BODY_BYTES} bytes"
+        )))
+    } else {
+        route(state, &request, &meta).await
+    };
+    let mut response = match routed {
         Ok(response) => response,
         Err(error) => error.into_response(&meta.request_id),
     };
@@ -184,6 +195,18 @@ async fn credentials(
         Format::Json => credentials_json(&issued),
         Format::Env => credentials_env(&issued),
     })
+}
+
+/// Runs the `POST /v1/credentials` request parsers (query string, JSON body and the
+/// `Authorization` header) and nothing else. Exists only for the fuzzer (`fuzz/`), which must
+/// reach these private parsers without a broker; not part of the API.
+#[doc(hidden)]
+pub fn parse_credentials_request(request: &Request<Bytes>) -> Result<(), ApiError> {
+    let params = CredentialsParams::parse(request);
+    let token = bearer_token(request);
+    params?;
+    token?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,9 +271,9 @@ impl Query {
             duration_seconds: None,
             format: Format::Json,
         };
-        let mut seen = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            if seen.contains(&name) {
+            if !seen.insert(name.clone()) {
                 return Err(ApiError::invalid_request(format!(
                     "query parameter `{name}` is repeated"
                 )));
@@ -274,7 +297,6 @@ impl Query {
                 }
                 _ => return Err(ApiError::invalid_request("unknown query parameter")),
             }
-            seen.push(name);
         }
         Ok(parsed)
     }

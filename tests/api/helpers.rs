@@ -275,3 +275,98 @@ pub async fn recorded_assume_roles(session_name: &str) -> Vec<HashMap<String, St
 pub async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
+
+/// A fresh KMS key in moto that signs (`RSA_2048` or `ECC_NIST_P256`); returns its id.
+pub async fn moto_kms_key(spec: aws_sdk_kms::types::KeySpec) -> String {
+    let kms = aws_sdk_kms::Client::new(&moto_sdk_config());
+    let key = kms
+        .create_key()
+        .key_spec(spec)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+        .send()
+        .await
+        .unwrap();
+    key.key_metadata.unwrap().key_id
+}
+
+/// moto's request recording: each request's `X-Amz-Target` header (`TrentService.Sign` for KMS;
+/// empty for STS, whose query protocol names the action in the body) and its decoded body.
+pub async fn recorded_requests() -> Vec<(String, Vec<u8>)> {
+    let url = format!("{}/moto-api/recorder/download-recording", moto_endpoint());
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|entry| {
+            let target = entry["headers"]
+                .as_object()
+                .and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|(name, _)| name.eq_ignore_ascii_case("x-amz-target"))
+                })
+                .and_then(|(_, value)| value.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let body = entry["body"].as_str()?;
+            let bytes = if entry["body_encoded"] == true {
+                base64::engine::general_purpose::STANDARD
+                    .decode(body)
+                    .ok()?
+            } else {
+                body.as_bytes().to_vec()
+            };
+            Some((target, bytes))
+        })
+        .collect()
+}
+
+/// Every `RoleSessionName` moto was sent in an AssumeRole call; one download serves a whole
+/// table of requests.
+pub async fn recorded_session_names() -> Vec<String> {
+    recorded_requests()
+        .await
+        .into_iter()
+        .filter(|(target, _)| target.is_empty())
+        .filter_map(|(_, body)| {
+            let form: HashMap<String, String> =
+                form_urlencoded::parse(&body).into_owned().collect();
+            (form.get("Action")? == "AssumeRole")
+                .then(|| form.get("RoleSessionName").cloned())
+                .flatten()
+        })
+        .collect()
+}
+
+/// The `job_id` claim of every token KMS `Sign` was asked to sign. KMS signs the JWS signing
+/// input `base64url(header).base64url(claims)`, so a test whose token grant copies `job_id` can
+/// tell its own signatures from those of tests running in parallel.
+pub async fn recorded_kms_signed_job_ids() -> Vec<String> {
+    recorded_requests()
+        .await
+        .into_iter()
+        .filter(|(target, _)| target == "TrentService.Sign")
+        .filter_map(|(_, body)| {
+            let request: Value = serde_json::from_slice(&body).ok()?;
+            let message = base64::engine::general_purpose::STANDARD
+                .decode(request["Message"].as_str()?)
+                .ok()?;
+            let input = String::from_utf8(message).ok()?;
+            let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(input.split('.').nth(1)?)
+                .ok()?;
+            let claims: Value = serde_json::from_slice(&claims).ok()?;
+            claims["job_id"].as_str().map(str::to_owned)
+        })
+        .collect()
+}
+
+/// How many KMS `Sign` calls signed a token for job `job_id` (see
+/// [`recorded_kms_signed_job_ids`]: the token grant must copy `job_id`).
+pub async fn recorded_kms_signs(job_id: u64) -> usize {
+    let job_id = job_id.to_string();
+    recorded_kms_signed_job_ids()
+        .await
+        .iter()
+        .filter(|id| **id == job_id)
+        .count()
+}

@@ -219,3 +219,34 @@ async fn in_lambda_the_issuer_is_the_function_url_domain() {
         format!("{expected}/.well-known/jwks.json")
     );
 }
+
+/// A Function URL passes bodies of up to 6 MB; every route refuses more than 16 KiB before
+/// parsing, so a huge form cannot eat the function's time.
+#[tokio::test]
+async fn in_lambda_a_huge_body_is_refused_on_every_route() {
+    let app = spawn_app().await;
+    let form = "audience=a&".repeat(40_000);
+    for path in ["/v1/token", "/v1/credentials"] {
+        let mut event: Value = serde_json::from_str(CREDENTIALS_EVENT).unwrap();
+        event["rawPath"] = json!(path);
+        event["body"] = json!(form);
+        event["headers"]["content-type"] = json!("application/x-www-form-urlencoded");
+        let started = std::time::Instant::now();
+        let response = lambda::invoke(
+            &app.state,
+            lambda_http::request::from_str(&event.to_string()).unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), 400, "{path}");
+        assert!(
+            body_json(&response)["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("16384")
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "{path}"
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! One black-box test binary: the router over HTTP, with a local GitLab issuer and moto for STS.
 
+mod attacks;
 mod credentials;
 mod helpers;
 mod lambda;

@@ -341,3 +341,35 @@ async fn without_any_cached_key_a_down_jwks_endpoint_is_a_retryable_503() {
     app.assert_error(response, 503, "temporarily_unavailable", "keys")
         .await;
 }
+
+/// A key rotation seen by 1,000 requests at once costs GitLab exactly one JWKS fetch: every miss
+/// waits for the one fetch in flight and then finds the new key.
+#[tokio::test]
+async fn a_thousand_concurrent_requests_with_a_new_kid_cause_one_jwks_fetch() {
+    let settings = Settings {
+        jwks: token_broker::oidc::JwksSettings {
+            cooldown: Duration::from_millis(50),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = spawn_app_with(POLICY, settings).await;
+    assert_eq!(app.issuer.jwks_requests(), 1);
+    app.issuer.rotate();
+    sleep_ms(60).await;
+    let tokens: Vec<token_broker::secret::Secret> = (0..1000)
+        .map(|_| token_broker::secret::Secret::new(app.token(json!({})).0))
+        .collect();
+    let verifier = app.state.broker.verifier();
+    let results = futures_util::future::join_all(tokens.iter().map(|t| verifier.verify(t))).await;
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    assert_eq!(
+        app.issuer.jwks_requests(),
+        2,
+        "one start-up fetch and one for the new kid"
+    );
+}
