@@ -2,6 +2,7 @@
 
 mod attacks;
 mod credentials;
+mod faults;
 mod helpers;
 mod lambda;
 mod requests;

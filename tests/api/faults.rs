@@ -1,0 +1,149 @@
+//! Fault injection: the local GitLab issuer and a local STS stand-in made to misbehave (down,
+//! slow past the timeout, oversized, garbage, connection reset, throttling). Every request ends
+//! within its timeouts with the documented status, cached keys keep serving, and no task is left
+//! behind.
+
+use std::time::{Duration, Instant};
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sts::config::{Credentials, SharedCredentialsProvider};
+use local_issuer::sts::{LocalSts, StsMode};
+use local_issuer::{LocalIssuer, Mode};
+use serde_json::json;
+use token_broker::config::Settings;
+use token_broker::oidc::JwksSettings;
+
+use crate::helpers::*;
+
+/// STS at the stand-in, with timeouts short enough for a test (the real ones: 3 s an attempt,
+/// 8 s in all).
+fn stand_in_sdk(sts: &LocalSts) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(sts.url())
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "t", "t", None, None, "tests",
+        )))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_millis(300))
+                .operation_attempt_timeout(Duration::from_millis(400))
+                .operation_timeout(Duration::from_millis(1500))
+                .build(),
+        )
+        .build()
+}
+
+#[tokio::test]
+async fn sts_faults_end_in_bounded_503s_and_leave_no_task_behind() {
+    let sts = LocalSts::start_on("127.0.0.1:0").await;
+    let app = spawn_app_full(
+        LocalIssuer::start().await,
+        POLICY,
+        Settings::default(),
+        &stand_in_sdk(&sts),
+    )
+    .await;
+    let (token, _) = app.token(json!({}));
+    assert_eq!(
+        app.credentials(&token, "role=read-only").await.status(),
+        200,
+        "the stand-in answers"
+    );
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks_before = metrics.num_alive_tasks();
+    for (mode, needle) in [
+        (StsMode::Throttling, "Throttling"),
+        (StsMode::ServerError, "InternalFailure"),
+        (StsMode::Slow, "Timeout"),
+        (StsMode::Reset, "Connection"),
+    ] {
+        sts.set_mode(mode);
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        let response = client
+            .post(format!("{}/v1/credentials?role=read-only", app.address))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{mode:?} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(response.headers()["retry-after"], "5", "{mode:?}");
+        app.assert_error(response, 503, "temporarily_unavailable", needle)
+            .await;
+    }
+    sts.set_mode(StsMode::Ok);
+    assert_eq!(
+        app.credentials(&token, "role=read-only").await.status(),
+        200,
+        "recovers at once"
+    );
+    sleep_ms(300).await;
+    let tasks_after = metrics.num_alive_tasks();
+    assert!(
+        tasks_after <= tasks_before + 2,
+        "tasks before {tasks_before}, after {tasks_after}"
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_endpoint_that_is_slow_huge_or_garbage_is_a_bounded_503_without_cached_keys() {
+    for mode in [
+        Mode::Slow(Duration::from_secs(30)),
+        Mode::Huge(10 * 1024 * 1024),
+        Mode::Garbage,
+        Mode::Down,
+    ] {
+        let issuer = LocalIssuer::start().await;
+        issuer.set_mode(mode);
+        let settings = Settings {
+            jwks: JwksSettings {
+                timeout: Duration::from_millis(500),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let app = spawn_app_for(issuer, POLICY, settings).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{mode:?}: start-up fetch is bounded"
+        );
+        let (token, _) = app.token(json!({}));
+        let response = app.credentials(&token, "role=read-only").await;
+        let expected = if matches!(mode, Mode::Garbage) {
+            401
+        } else {
+            503
+        };
+        assert_eq!(response.status(), expected, "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_key_replaced_under_the_same_kid_is_refused_without_refetching() {
+    // GitLab's kids are key thumbprints, so a new key under an old kid is a misbehaving issuer.
+    // The cached key stays authoritative until it ages out (1 h): a bad signature under a known
+    // kid must not trigger fetches, or forged tokens could make the broker hammer GitLab.
+    let app = spawn_app().await;
+    let (good, _) = app.token(json!({}));
+    assert_eq!(app.credentials(&good, "role=read-only").await.status(), 200);
+    app.issuer.replace_key_keeping_kid();
+    let (replaced, _) = app.token(json!({}));
+    for _ in 0..5 {
+        let response = app.credentials(&replaced, "role=read-only").await;
+        app.assert_error(response, 401, "invalid_token", "signature")
+            .await;
+    }
+    assert_eq!(
+        app.issuer.jwks_requests(),
+        1,
+        "no refetch for a bad signature"
+    );
+}
