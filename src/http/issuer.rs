@@ -4,11 +4,11 @@
 use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::header::CACHE_CONTROL;
 use http::{HeaderValue, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::{ApiError, RequestMeta, json_response};
+use super::{ApiError, RequestMeta, json_response, require_media_type};
 use crate::broker::BrokerError;
 use crate::oidc::token::MAX_TOKEN_BYTES;
 use crate::secret::Secret;
@@ -30,19 +30,7 @@ struct Exchange {
 
 impl Exchange {
     fn parse(request: &Request<Bytes>) -> Result<Self, ApiError> {
-        let content_type = request
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let media_type = content_type.split(';').next().unwrap_or("").trim();
-        if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "invalid_request",
-                "the request body must be application/x-www-form-urlencoded",
-            ));
-        }
+        require_media_type(request, "application/x-www-form-urlencoded")?;
         let mut params: HashMap<String, String> = HashMap::new();
         for (name, value) in form_urlencoded::parse(request.body()) {
             if params

@@ -312,19 +312,7 @@ fn json_body(request: &Request<Bytes>) -> Result<JsonBody, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(JsonBody::default());
     }
-    let content_type = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media_type = content_type.split(';').next().unwrap_or("").trim();
-    if !media_type.eq_ignore_ascii_case("application/json") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_request",
-            "the request body must be application/json",
-        ));
-    }
+    require_media_type(request, "application/json")?;
     serde_json::from_slice(body).map_err(|_| {
         ApiError::invalid_request(
             "the body must be a JSON object with `role` and optional `duration_seconds`",
@@ -447,6 +435,25 @@ fn credentials_env(issued: &Issued) -> Response<Bytes> {
     );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Refuses (415) a body whose Content-Type is not `expected` (parameters such as `charset` aside).
+fn require_media_type(request: &Request<Bytes>, expected: &str) -> Result<(), ApiError> {
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if media_type.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            format!("the request body must be {expected}"),
+        ))
+    }
 }
 
 /// A JSON response that no cache may keep (it may carry credentials).

@@ -75,8 +75,21 @@ async fn sts_faults_end_in_bounded_503s_and_leave_no_task_behind() {
             started.elapsed()
         );
         assert_eq!(response.headers()["retry-after"], "5", "{mode:?}");
-        app.assert_error(response, 503, "temporarily_unavailable", needle)
+        // The SDK retries throttling and 5xx with backoff, so whether the code or the timeout
+        // ends the call depends on timing; either way it is a bounded, retryable 503.
+        let body = app
+            .assert_error(
+                response,
+                503,
+                "temporarily_unavailable",
+                "STS is unavailable",
+            )
             .await;
+        let description = body["error_description"].as_str().unwrap();
+        assert!(
+            description.contains(needle) || description.contains("Timeout"),
+            "{mode:?}: {description}"
+        );
     }
     sts.set_mode(StsMode::Ok);
     assert_eq!(
