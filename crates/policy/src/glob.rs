@@ -85,16 +85,24 @@ fn class(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String,
     let mut members = String::new();
     let mut first = true;
     loop {
-        match chars.next() {
+        let start = match chars.next() {
             None => return Err("unclosed `[` in pattern".into()),
             Some(']') if !first => break,
-            Some('-') if !first && chars.peek() != Some(&']') => members.push('-'),
-            Some(c) => members.push_str(&escape_class_member(c)),
-        }
+            Some(c) => c,
+        };
         first = false;
-    }
-    if members.is_empty() {
-        return Err("empty `[]` in pattern".into());
+        // `a-z` is a range unless the `-` is last (`[a-]`): then both are members.
+        let mut ahead = chars.clone();
+        if ahead.next() == Some('-') && ahead.peek().is_some_and(|end| *end != ']') {
+            chars.next();
+            let end = chars.next().expect("peeked");
+            if end < start {
+                return Err(format!("`{start}-{end}` is an empty range"));
+            }
+            members.push_str(&format!("{}-{}", class_member(start), class_member(end)));
+        } else {
+            members.push_str(&class_member(start));
+        }
     }
     // Intersecting with `[^/]` keeps a class inside one path segment, like `?`.
     Ok(if negated {
@@ -104,12 +112,11 @@ fn class(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String,
     })
 }
 
-fn escape_class_member(c: char) -> String {
-    if matches!(c, '\\' | ']' | '[' | '^' | '-' | '&' | '~') {
-        format!("\\{c}")
-    } else {
-        c.to_string()
-    }
+/// Every member as a `\x{…}` escape: inside a class the regex crate gives `--`, `&&`, `~~`, `[`
+/// and `^` meanings of their own (a fuzzer found `[!e--x]` turning into a set difference that let
+/// `/` through), and an escape has none.
+fn class_member(c: char) -> String {
+    format!("\\x{{{:x}}}", c as u32)
 }
 
 #[cfg(test)]
@@ -154,6 +161,38 @@ mod tests {
         for (glob, value, expected) in cases {
             let pattern = Pattern::compile(glob).unwrap();
             assert_eq!(pattern.matches(value), *expected, "{glob:?} vs {value:?}");
+        }
+    }
+
+    #[test]
+    fn classes_cannot_smuggle_regex_set_operations() {
+        // Found by fuzzing: `--` inside a class was the regex crate's set difference, and a
+        // negated class minus a range holding `/` matched `/`.
+        let cases: &[(&str, &str, bool)] = &[
+            ("v[!,-9]", "v/", false),
+            ("v[,-9]", "v/", false),
+            ("v[,-9]", "v5", true),
+            ("v[--/]", "v.", true),
+            ("v[--/]", "v/", false),
+            ("v[!--/]", "v/", false),
+            ("v[&&]", "v&", true),
+            ("v[~~]", "v~", true),
+            ("v[a-]", "v-", true),
+            ("v[a-]", "vb", false),
+            ("v[!a&&b]", "v/", false),
+            ("v[\\]]", "v]", false),
+        ];
+        for (glob, value, expected) in cases {
+            let pattern = Pattern::compile(glob).unwrap();
+            assert_eq!(pattern.matches(value), *expected, "{glob:?} vs {value:?}");
+        }
+        let crash = "v[!m\u{feff}xc\0\0\0e--\x0c\0\0\0_ttl0,-9\x01\x05\x01\0\0\x01\0\0\0\r]";
+        assert!(
+            Pattern::compile(crash).is_err(),
+            "`e--` is a reversed range"
+        );
+        for reversed in ["v[!e--x]", "v[a--]", "[z-a]"] {
+            assert!(Pattern::compile(reversed).is_err(), "{reversed:?}");
         }
     }
 
