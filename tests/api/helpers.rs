@@ -244,24 +244,13 @@ impl TestApp {
 
 /// The AssumeRole calls moto recorded for `session_name`, each as its form parameters.
 pub async fn recorded_assume_roles(session_name: &str) -> Vec<HashMap<String, String>> {
-    let url = format!("{}/moto-api/recorder/download-recording", moto_endpoint());
-    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter_map(|entry| {
-            let body = entry["body"].as_str()?;
-            let bytes = if entry["body_encoded"] == true {
-                base64::engine::general_purpose::STANDARD
-                    .decode(body)
-                    .ok()?
-            } else {
-                body.as_bytes().to_vec()
-            };
-            Some(
-                form_urlencoded::parse(&bytes)
-                    .into_owned()
-                    .collect::<HashMap<String, String>>(),
-            )
+    recorded_requests()
+        .await
+        .into_iter()
+        .map(|(_, body)| {
+            form_urlencoded::parse(&body)
+                .into_owned()
+                .collect::<HashMap<String, String>>()
         })
         .filter(|form| form.get("Action").is_some_and(|a| a == "AssumeRole"))
         .filter(|form| {

@@ -107,16 +107,20 @@ impl LocalIssuer {
         *keys = vec![SigningKey::generate().with_kid(kid)];
     }
 
-    /// The signing key's `kid`.
-    pub fn kid(&self) -> String {
-        self.shared
+    /// Runs `f` with the current signing key (the newest).
+    fn with_signing_key<R>(&self, f: impl FnOnce(&SigningKey) -> R) -> R {
+        f(self
+            .shared
             .keys
             .read()
             .expect("keys lock")
             .last()
-            .expect("a key")
-            .kid()
-            .to_owned()
+            .expect("a key"))
+    }
+
+    /// The signing key's `kid`.
+    pub fn kid(&self) -> String {
+        self.with_signing_key(|key| key.kid().to_owned())
     }
 
     /// The default CI claims for this issuer and `audience`, for job `job_id`.
@@ -134,20 +138,13 @@ impl LocalIssuer {
 
     /// A token with exactly `header`, signed RS256 by the current key.
     pub fn mint_with_header(&self, header: &Value, claims: &Value) -> String {
-        self.shared
-            .keys
-            .read()
-            .expect("keys lock")
-            .last()
-            .expect("a key")
-            .mint(header, claims)
+        self.with_signing_key(|key| key.mint(header, claims))
     }
 
     /// `input` (an already encoded `header.payload`) with an RS256 signature by the current key
     /// appended; for payloads a JSON serializer would never write, like duplicate names.
     pub fn sign_input(&self, input: &str) -> String {
-        let keys = self.shared.keys.read().expect("keys lock");
-        let signature = keys.last().expect("a key").sign(input.as_bytes());
+        let signature = self.with_signing_key(|key| key.sign(input.as_bytes()));
         format!(
             "{input}.{}",
             base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signature)
@@ -156,23 +153,11 @@ impl LocalIssuer {
 
     /// The current key's public DER, for algorithm-confusion attacks.
     pub fn public_der(&self) -> Vec<u8> {
-        self.shared
-            .keys
-            .read()
-            .expect("keys lock")
-            .last()
-            .expect("a key")
-            .public_der()
+        self.with_signing_key(SigningKey::public_der)
     }
 
     /// The current key's public JWK.
     pub fn public_jwk(&self) -> Value {
-        self.shared
-            .keys
-            .read()
-            .expect("keys lock")
-            .last()
-            .expect("a key")
-            .jwk()
+        self.with_signing_key(SigningKey::jwk)
     }
 }
