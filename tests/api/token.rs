@@ -53,28 +53,28 @@ async fn exchange(app: &TestApp, subject_token: &str, audience: &str) -> reqwest
         .unwrap()
 }
 
+/// `GET url` and its JSON body.
+async fn get_json(app: &TestApp, url: impl reqwest::IntoUrl) -> Value {
+    app.client
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Verifies `token` the way a relying party would: discovery → jwks_uri → the key named by `kid`.
 async fn verify_like_a_relying_party(app: &TestApp, token: &str, audience: &str) -> Value {
-    let discovery: Value = app
-        .client
-        .get(format!("{}/.well-known/openid-configuration", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let discovery = get_json(
+        app,
+        format!("{}/.well-known/openid-configuration", app.address),
+    )
+    .await;
     let issuer = discovery["issuer"].as_str().unwrap();
     assert_eq!(issuer, app.address);
-    let jwks: Value = app
-        .client
-        .get(discovery["jwks_uri"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks = get_json(app, discovery["jwks_uri"].as_str().unwrap()).await;
     let header = decode_header(token).unwrap();
     let kid = header.kid.clone().unwrap();
     let jwk = jwks["keys"]
@@ -335,15 +335,11 @@ async fn during_rotation_the_active_key_signs_and_both_keys_are_published() {
         "the active key signs"
     );
     verify_like_a_relying_party(&app, &issued, "sts.amazonaws.com").await;
-    let discovery: Value = app
-        .client
-        .get(format!("{}/.well-known/openid-configuration", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let discovery: Value = get_json(
+        &app,
+        format!("{}/.well-known/openid-configuration", app.address),
+    )
+    .await;
     assert_eq!(
         discovery["id_token_signing_alg_values_supported"],
         json!(["ES256", "RS256"])
