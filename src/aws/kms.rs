@@ -1,9 +1,10 @@
 //! The broker's signing keys in KMS: public keys (fetched once per process, then cached) as a
 //! JWK set, and JWS signatures made by KMS `Sign` with the active key, which never leaves KMS.
-//! Errors are reduced to their code, like STS's.
+//! Errors are reduced to their code, like STS's, and split into retryable and not.
 
 use std::sync::Arc;
 
+use aws_lc_rs::digest;
 use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
@@ -13,17 +14,26 @@ use tokio::sync::OnceCell;
 
 use super::jwk::{KeyAlgorithm, ecdsa_der_to_jose, spki_to_jwk, thumbprint};
 
-/// Longest message KMS signs with `MessageType: RAW`.
-pub const MAX_RAW_MESSAGE: usize = 4096;
-
 /// A KMS failure, by error code only (KMS messages name key ARNs).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KmsError {
+    /// Throttling, KMS's transient failures, 5xx, timeouts, connection trouble: the caller may
+    /// retry.
     #[error("KMS is unavailable ({code})")]
     Unavailable { code: String },
-    #[error("the signing key cannot be used ({0})")]
-    BadKey(String),
+    /// KMS refused the call (key disabled or deleted, no permission, wrong key usage …) or gave
+    /// an unusable answer: retrying cannot help until someone fixes the key or its policy.
+    #[error("KMS cannot sign with the configured key ({code})")]
+    Refused { code: String },
 }
+
+/// KMS error codes worth retrying: request quotas, and KMS's or its key stores' transient trouble.
+const RETRYABLE_CODES: [&str; 4] = [
+    "ThrottlingException",
+    "KMSInternalException",
+    "DependencyTimeoutException",
+    "KeyUnavailableException",
+];
 
 /// One public key, ready to publish.
 #[derive(Debug, Clone)]
@@ -92,8 +102,11 @@ impl Kms {
             .map_err(classify)?;
         let der = output
             .public_key
-            .ok_or_else(|| KmsError::BadKey("no public key".into()))?;
-        let (algorithm, mut jwk) = spki_to_jwk(der.as_ref()).map_err(KmsError::BadKey)?;
+            .ok_or_else(|| refused("MissingPublicKey"))?;
+        let (algorithm, mut jwk) = spki_to_jwk(der.as_ref()).map_err(|reason| {
+            tracing::warn!(%reason, "the KMS public key is not an RSA or P-256 key");
+            refused("UnsupportedPublicKey")
+        })?;
         let kid = thumbprint(&jwk);
         jwk["kid"] = Value::String(kid.clone());
         jwk["alg"] = Value::String(algorithm.jws().into());
@@ -107,47 +120,72 @@ impl Kms {
     }
 
     /// Signs a JWS signing input (`header.payload`) with `key` and returns the JWS signature.
+    /// KMS signs a `RAW` message of at most 4 KiB but a digest of anything, so the input is
+    /// hashed here: a token's size never matters to KMS.
     pub async fn sign(&self, key: &PublicKey, input: &[u8]) -> Result<Vec<u8>, KmsError> {
-        if input.len() > MAX_RAW_MESSAGE {
-            return Err(KmsError::BadKey(format!(
-                "token over KMS's {MAX_RAW_MESSAGE}-byte message limit"
-            )));
-        }
-        let algorithm = match key.algorithm {
-            KeyAlgorithm::Rs256 => SigningAlgorithmSpec::RsassaPkcs1V15Sha256,
-            KeyAlgorithm::Es256 => SigningAlgorithmSpec::EcdsaSha256,
-        };
+        let digest = digest::digest(&digest::SHA256, input);
         let output = self
             .client
             .sign()
             .key_id(&key.key_id)
-            .message(Blob::new(input))
-            .message_type(MessageType::Raw)
-            .signing_algorithm(algorithm)
+            .message(Blob::new(digest.as_ref()))
+            .message_type(MessageType::Digest)
+            .signing_algorithm(signing_algorithm(key.algorithm))
             .send()
             .await
             .map_err(classify)?;
         let signature = output
             .signature
-            .ok_or_else(|| KmsError::BadKey("no signature".into()))?
+            .ok_or_else(|| refused("MissingSignature"))?
             .into_inner();
-        match key.algorithm {
-            KeyAlgorithm::Rs256 => Ok(signature),
-            KeyAlgorithm::Es256 => ecdsa_der_to_jose(&signature)
-                .map(|rs| rs.to_vec())
-                .map_err(KmsError::BadKey),
-        }
+        jws_signature(key.algorithm, signature)
     }
 }
 
-/// Any KMS failure makes the token endpoint retryable-unavailable; only the code is kept.
+/// KMS's name for the algorithm; both hash with SHA-256, the digest [`Kms::sign`] sends.
+fn signing_algorithm(algorithm: KeyAlgorithm) -> SigningAlgorithmSpec {
+    match algorithm {
+        KeyAlgorithm::Rs256 => SigningAlgorithmSpec::RsassaPkcs1V15Sha256,
+        KeyAlgorithm::Es256 => SigningAlgorithmSpec::EcdsaSha256,
+    }
+}
+
+/// KMS's signature as JWS wants it: RSA's as is, ECDSA's DER as the fixed-width `r‖s`.
+fn jws_signature(algorithm: KeyAlgorithm, signature: Vec<u8>) -> Result<Vec<u8>, KmsError> {
+    match algorithm {
+        KeyAlgorithm::Rs256 => Ok(signature),
+        KeyAlgorithm::Es256 => ecdsa_der_to_jose(&signature)
+            .map(|rs| rs.to_vec())
+            .map_err(|_| refused("MalformedSignature")),
+    }
+}
+
+fn refused(code: &str) -> KmsError {
+    KmsError::Refused {
+        code: code.to_owned(),
+    }
+}
+
+/// Reduces an SDK error to its code (the message is dropped: it can name ARNs) and decides
+/// whether a retry could succeed: throttling, transient codes, 5xx, timeouts and connection
+/// trouble could; a refusal or an answer that is not KMS's (a 4xx from a proxy, say) could not.
 fn classify<E: ProvideErrorMetadata>(error: SdkError<E, HttpResponse>) -> KmsError {
-    let code = match &error {
-        SdkError::ServiceError(service) => service.err().code().unwrap_or("Unknown").to_owned(),
-        SdkError::TimeoutError(_) => "Timeout".into(),
-        SdkError::DispatchFailure(_) => "ConnectionFailure".into(),
-        SdkError::ResponseError(_) => "BadResponse".into(),
-        _ => "RequestNotSent".into(),
+    let server_error = error
+        .raw_response()
+        .is_some_and(|response| response.status().is_server_error());
+    let (code, retryable) = match &error {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("Unknown");
+            (code.to_owned(), RETRYABLE_CODES.contains(&code))
+        }
+        SdkError::TimeoutError(_) => ("Timeout".into(), true),
+        SdkError::DispatchFailure(_) => ("ConnectionFailure".into(), true),
+        SdkError::ResponseError(_) => ("BadResponse".into(), false),
+        _ => ("RequestNotSent".into(), false),
     };
-    KmsError::Unavailable { code }
+    if retryable || server_error {
+        KmsError::Unavailable { code }
+    } else {
+        KmsError::Refused { code }
+    }
 }

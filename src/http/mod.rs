@@ -112,9 +112,15 @@ impl From<BrokerError> for ApiError {
             BrokerError::Sts(StsError::Refused { .. }) => {
                 Self::new(StatusCode::BAD_GATEWAY, "server_error", description)
             }
-            BrokerError::Kms(_) => Self::new(
+            BrokerError::Kms(crate::aws::kms::KmsError::Unavailable { .. }) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
+                description,
+            ),
+            // A key KMS refuses stays refused until someone fixes it: no Retry-After.
+            BrokerError::Kms(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
                 description,
             ),
             BrokerError::NoSigningKey => Self::new(StatusCode::NOT_FOUND, "not_found", description),

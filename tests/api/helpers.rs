@@ -153,6 +153,34 @@ pub async fn spawn_app_full(
     spawn_app_parts(issuer, policy, settings, Sts::new(sdk), kms).await
 }
 
+/// Starts a broker whose KMS is the local stand-in `kms`, signing with `active` and publishing
+/// `retired` too, with STS at moto. moto cannot stand in for signing: it ignores
+/// `MessageType: DIGEST`, which the broker sends, and hashes the digest again.
+pub async fn spawn_app_signing_with(
+    kms: &local_issuer::kms::LocalKms,
+    policy: &str,
+    active: &str,
+    retired: &[&str],
+) -> TestApp {
+    let sdk = sdk_config_for(kms.url(), Credentials::new("t", "t", None, None, "tests"));
+    let retired: Vec<String> = retired.iter().map(|k| k.to_string()).collect();
+    let settings = Settings {
+        kms_key_id: Some(active.to_owned()),
+        kms_retired_key_ids: retired.clone(),
+        ..Settings::default()
+    };
+    let signer = Kms::new(&sdk, active.to_owned(), retired);
+    let sts = Sts::new(&moto_sdk_config());
+    spawn_app_parts(
+        LocalIssuer::start().await,
+        policy,
+        settings,
+        sts,
+        Some(signer),
+    )
+    .await
+}
+
 /// Starts a broker from ready AWS adapters (so STS and KMS can be pointed at different places).
 pub async fn spawn_app_parts(
     issuer: LocalIssuer,

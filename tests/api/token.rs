@@ -1,12 +1,14 @@
-//! The broker as an OIDC issuer, against moto KMS: tokens signed by KMS (RSA and P-256) verify
-//! with nothing but what discovery and the JWKS publish; the policy decides who gets which
-//! audience; KMS trouble only affects the token endpoint.
+//! The broker as an OIDC issuer: tokens signed through KMS (RSA and P-256) verify with nothing
+//! but what discovery and the JWKS publish; the policy decides who gets which audience; KMS trouble
+//! only affects the token endpoint, as a retryable 503 or, when KMS refuses the key, a 500.
+//! Signing runs against the local KMS stand-in (moto ignores `MessageType: DIGEST`); moto still
+//! serves as a second, independent source of public keys.
 
-use aws_sdk_kms::types::{KeySpec, KeyUsageType};
 use aws_sdk_sts::config::Credentials;
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use local_issuer::LocalIssuer;
+use local_issuer::kms::{KeySpec, KmsMode, LocalKms};
 use serde_json::{Value, json};
 use token_broker::aws::kms::Kms;
 use token_broker::aws::sts::Sts;
@@ -17,25 +19,17 @@ use crate::helpers::*;
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 
-async fn kms_key(spec: KeySpec) -> String {
-    let kms = aws_sdk_kms::Client::new(&moto_sdk_config());
-    let key = kms
-        .create_key()
-        .key_spec(spec)
-        .key_usage(KeyUsageType::SignVerify)
-        .send()
-        .await
-        .unwrap();
-    key.key_metadata.unwrap().key_id
+/// A KMS stand-in holding one key of `spec`, and the key's id.
+async fn stand_in(spec: KeySpec) -> (LocalKms, String) {
+    let kms = LocalKms::start().await;
+    let key = kms.create_key(spec);
+    (kms, key)
 }
 
-async fn app_with_keys(active: &str, retired: &[&str]) -> TestApp {
-    let settings = Settings {
-        kms_key_id: Some(active.to_owned()),
-        kms_retired_key_ids: retired.iter().map(|k| k.to_string()).collect(),
-        ..Settings::default()
-    };
-    spawn_app_with(POLICY, settings).await
+/// A broker on [`POLICY`] signing with a fresh stand-in key of `spec`.
+async fn app_signing(spec: KeySpec) -> (TestApp, LocalKms) {
+    let (kms, key) = stand_in(spec).await;
+    (spawn_app_signing_with(&kms, POLICY, &key, &[]).await, kms)
 }
 
 async fn exchange(app: &TestApp, subject_token: &str, audience: &str) -> reqwest::Response {
@@ -114,8 +108,7 @@ async fn issued_token(response: reqwest::Response) -> (String, u64) {
 
 #[tokio::test]
 async fn an_rsa_signed_token_verifies_with_the_published_key_and_carries_the_claims() {
-    let key = kms_key(KeySpec::Rsa2048).await;
-    let app = app_with_keys(&key, &[]).await;
+    let (app, _kms) = app_signing(KeySpec::Rsa2048).await;
     let (claims, _) = app.claims(json!({}));
     let (token, expires_in) =
         issued_token(exchange(&app, &app.issuer.mint(&claims), "sts.amazonaws.com").await).await;
@@ -157,8 +150,7 @@ async fn an_rsa_signed_token_verifies_with_the_published_key_and_carries_the_cla
 
 #[tokio::test]
 async fn a_p256_signed_token_verifies_as_es256() {
-    let key = kms_key(KeySpec::EccNistP256).await;
-    let app = app_with_keys(&key, &[]).await;
+    let (app, kms) = app_signing(KeySpec::EccNistP256).await;
     let (token, _) = app.token(json!({}));
     let (issued, _) = issued_token(exchange(&app, &token, "sts.amazonaws.com").await).await;
     assert_eq!(
@@ -172,12 +164,18 @@ async fn a_p256_signed_token_verifies_as_es256() {
         Some(86),
         "64-byte r‖s, base64url"
     );
+    let signed = kms.sign_requests();
+    assert_eq!(signed.len(), 1);
+    assert_eq!(
+        signed[0].signing_algorithm.as_deref(),
+        Some("ECDSA_SHA_256")
+    );
+    assert_eq!(signed[0].message_type.as_deref(), Some("DIGEST"));
 }
 
 #[tokio::test]
 async fn a_token_never_outlives_the_gitlab_token() {
-    let key = kms_key(KeySpec::Rsa2048).await;
-    let app = app_with_keys(&key, &[]).await;
+    let (app, _kms) = app_signing(KeySpec::Rsa2048).await;
     let now = local_issuer::claims::now();
     let (gitlab, _) = app.token(json!({"iat": now - 3000, "nbf": now - 3005, "exp": now + 120}));
     let (token, expires_in) =
@@ -189,8 +187,7 @@ async fn a_token_never_outlives_the_gitlab_token() {
 
 #[tokio::test]
 async fn the_policy_decides_which_audiences_a_job_gets() {
-    let key = kms_key(KeySpec::Rsa2048).await;
-    let app = app_with_keys(&key, &[]).await;
+    let (app, _kms) = app_signing(KeySpec::Rsa2048).await;
     let (token, _) = app.token(json!({}));
     let response = exchange(&app, &token, "https://vault.example.com").await;
     app.assert_error(response, 400, "invalid_target", "no token for audience")
@@ -203,8 +200,7 @@ async fn the_policy_decides_which_audiences_a_job_gets() {
 
 #[tokio::test]
 async fn malformed_exchanges_get_rfc_8693_errors() {
-    let key = kms_key(KeySpec::Rsa2048).await;
-    let app = app_with_keys(&key, &[]).await;
+    let (app, _kms) = app_signing(KeySpec::Rsa2048).await;
     let (token, _) = app.token(json!({}));
     let url = format!("{}/v1/token", app.address);
     let response = exchange(&app, "x.y.z", "sts.amazonaws.com").await;
@@ -310,9 +306,10 @@ async fn malformed_exchanges_get_rfc_8693_errors() {
 
 #[tokio::test]
 async fn during_rotation_the_active_key_signs_and_both_keys_are_published() {
-    let old = kms_key(KeySpec::Rsa2048).await;
-    let new = kms_key(KeySpec::EccNistP256).await;
-    let app = app_with_keys(&new, &[&old]).await;
+    let kms = LocalKms::start().await;
+    let old = kms.create_key(KeySpec::Rsa2048);
+    let new = kms.create_key(KeySpec::EccNistP256);
+    let app = spawn_app_signing_with(&kms, POLICY, &new, &[&old]).await;
     let (token, _) = app.token(json!({}));
     let (issued, _) = issued_token(exchange(&app, &token, "sts.amazonaws.com").await).await;
     let response = app
@@ -424,4 +421,181 @@ async fn without_a_signing_key_the_issuer_routes_are_404() {
         app.assert_error(response, 404, "not_found", "KMS_KEY_ID")
             .await;
     }
+}
+
+/// A token grant that copies `groups_direct`, which GitLab fills with up to 200 group paths.
+const GROUPS_GRANT: &str = r#"
+[token.groups]
+audience = "https://groups.example.com"
+max_ttl = "5m"
+claims = ["project_id", "groups_direct"]
+
+[[token.groups.allow]]
+project_id = "4242"
+"#;
+
+#[tokio::test]
+async fn a_token_over_kms_raw_message_limit_is_signed_as_a_digest_and_verifies() {
+    let (kms, key) = stand_in(KeySpec::Rsa2048).await;
+    let policy = format!("{POLICY}{GROUPS_GRANT}");
+    let app = spawn_app_signing_with(&kms, &policy, &key, &[]).await;
+    let groups: Vec<String> = (0..150)
+        .map(|n| format!("acme/platform-team-{n:03}"))
+        .collect();
+    let (gitlab, _) = app.token(json!({"groups_direct": groups}));
+    let audience = "https://groups.example.com";
+    let (token, _) = issued_token(exchange(&app, &gitlab, audience).await).await;
+    let (signing_input, _) = token.rsplit_once('.').unwrap();
+    assert!(
+        signing_input.len() > 4096,
+        "{} bytes: over KMS's RAW limit",
+        signing_input.len()
+    );
+
+    let claims = verify_like_a_relying_party(&app, &token, audience).await;
+    assert_eq!(claims["groups_direct"], json!(groups));
+    let signed = kms.sign_requests();
+    assert_eq!(signed.len(), 1);
+    assert_eq!(
+        (signed[0].message_type.as_deref(), signed[0].message_len),
+        (Some("DIGEST"), 32),
+        "a SHA-256 digest, whatever the token's size"
+    );
+    assert_eq!(
+        signed[0].signing_algorithm.as_deref(),
+        Some("RSASSA_PKCS1_V1_5_SHA_256")
+    );
+}
+
+/// (KMS's HTTP status, its error code, the broker's status.) KMS's documented statuses; the
+/// SDK retries the throttling and 5xx rows before the broker sees them.
+const KMS_ERRORS: [(u16, &str, u16); 12] = [
+    (400, "ThrottlingException", 503),
+    (500, "KMSInternalException", 503),
+    (503, "DependencyTimeoutException", 503),
+    (500, "KeyUnavailableException", 503),
+    (502, "SomeNewServerError", 503),
+    (400, "DisabledException", 500),
+    (400, "KMSInvalidStateException", 500),
+    (400, "AccessDeniedException", 500),
+    (400, "InvalidKeyUsageException", 500),
+    (400, "NotFoundException", 500),
+    (400, "IncorrectKeyException", 500),
+    (400, "LimitExceededException", 500),
+];
+
+#[tokio::test]
+async fn kms_errors_are_a_503_when_a_retry_can_help_and_a_500_when_not() {
+    // Brokers first, one after another: key generation would stall the others' start-up fetches
+    // on this single-threaded runtime. Then the exchanges at once, as the SDK's retries wait.
+    let mut brokers = Vec::new();
+    for (kms_status, code, status) in KMS_ERRORS {
+        let (app, kms) = app_signing(KeySpec::EccNistP256).await;
+        kms.set_mode(KmsMode::Fail {
+            status: kms_status,
+            code,
+        });
+        brokers.push((app, kms, code, status));
+    }
+    let cases = brokers
+        .iter()
+        .map(|(app, kms, code, status)| assert_sign_error_maps(app, kms, code, *status));
+    futures_util::future::join_all(cases).await;
+}
+
+/// Exchanges a token with `app`, whose KMS answers Sign with `code` (after handing out the public
+/// key at start), and checks the answer: `status`, with Retry-After only on a 503, and KMS's code
+/// but not its message.
+async fn assert_sign_error_maps(app: &TestApp, kms: &LocalKms, code: &str, status: u16) {
+    let (token, _) = app.token(json!({}));
+    let response = exchange(app, &token, "sts.amazonaws.com").await;
+    assert_eq!(response.status().as_u16(), status, "{code}");
+    let (error, retry_after) = match status {
+        503 => ("temporarily_unavailable", Some("5")),
+        _ => ("server_error", None),
+    };
+    let got = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap());
+    assert_eq!(got, retry_after, "{code}");
+    let body = app.assert_error(response, status, error, code).await;
+    let body = body.to_string();
+    assert!(
+        !body.contains("arn:aws:kms") && !body.contains("stand-in"),
+        "{code}: KMS's message reached the caller: {body}"
+    );
+    assert!(!kms.sign_requests().is_empty(), "{code}: Sign was called");
+}
+
+#[tokio::test]
+async fn when_kms_refuses_the_public_key_the_issuer_routes_are_500_until_it_is_fixed() {
+    let (kms, key) = stand_in(KeySpec::Rsa2048).await;
+    kms.set_mode(KmsMode::Fail {
+        status: 400,
+        code: "AccessDeniedException",
+    });
+    let app = spawn_app_signing_with(&kms, POLICY, &key, &[]).await;
+    for path in [
+        "/.well-known/jwks.json",
+        "/.well-known/openid-configuration",
+    ] {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.headers().get("retry-after").is_none(), "{path}");
+        app.assert_error(response, 500, "server_error", "AccessDeniedException")
+            .await;
+    }
+    let (token, _) = app.token(json!({}));
+    let response = exchange(&app, &token, "sts.amazonaws.com").await;
+    assert!(response.headers().get("retry-after").is_none());
+    app.assert_error(response, 500, "server_error", "AccessDeniedException")
+        .await;
+    assert!(kms.sign_requests().is_empty(), "no public key, no signing");
+
+    kms.set_mode(KmsMode::Up);
+    let (token, _) = app.token(json!({}));
+    let (issued, _) = issued_token(exchange(&app, &token, "sts.amazonaws.com").await).await;
+    verify_like_a_relying_party(&app, &issued, "sts.amazonaws.com").await;
+}
+
+/// moto's keys as a second source: what the JWKS route publishes for a moto key verifies a
+/// signature moto made itself (over a RAW message, which moto does hash correctly).
+#[tokio::test]
+async fn a_moto_kms_key_is_published_as_a_jwk_that_verifies_motos_signatures() {
+    use aws_sdk_kms::primitives::Blob;
+    use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
+    use base64::Engine;
+
+    let key = moto_kms_key(aws_sdk_kms::types::KeySpec::Rsa2048).await;
+    let settings = Settings {
+        kms_key_id: Some(key.clone()),
+        ..Settings::default()
+    };
+    let app = spawn_app_with(POLICY, settings).await;
+    let jwks = get_json(&app, format!("{}/.well-known/jwks.json", app.address)).await;
+    let jwk: Jwk = serde_json::from_value(jwks["keys"][0].clone()).unwrap();
+    let message = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJtb3RvIn0";
+    let signature = aws_sdk_kms::Client::new(&moto_sdk_config())
+        .sign()
+        .key_id(&key)
+        .message(Blob::new(&message[..]))
+        .message_type(MessageType::Raw)
+        .signing_algorithm(SigningAlgorithmSpec::RsassaPkcs1V15Sha256)
+        .send()
+        .await
+        .unwrap()
+        .signature
+        .unwrap();
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature.as_ref());
+    let key = DecodingKey::from_jwk(&jwk).unwrap();
+    let verify = |message: &[u8]| {
+        jsonwebtoken::crypto::verify(&signature, message, &key, Algorithm::RS256).unwrap()
+    };
+    assert!(verify(message));
+    assert!(!verify(b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJldmUifQ"));
 }

@@ -1,11 +1,14 @@
 //! A local stand-in for a GitLab instance's OIDC side, for token-broker's tests and demo: it
 //! generates RSA keys, serves them at `/oauth/discovery/keys` like GitLab, and mints CI ID tokens
 //! with GitLab's claim shapes. It can be told to misbehave (down, slow, oversized, garbage) and
-//! counts JWKS requests, so tests can assert on how the broker fetches keys.
-//! Never part of the broker's own binary.
+//! counts JWKS requests, so tests can assert on how the broker fetches keys. [`sts`] and [`kms`]
+//! stand in for the AWS services the broker calls, where moto is too slow or cannot do what the
+//! test needs. Never part of the broker's own binary.
 
 pub mod claims;
 pub mod keys;
+pub mod kms;
+mod serve;
 mod server;
 pub mod sts;
 
@@ -57,17 +60,14 @@ impl LocalIssuer {
 
     /// Starts on `address` signing with `key` (an RSA-4096 one, say).
     pub async fn start_with(address: &str, key: SigningKey) -> Self {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .expect("bind local issuer");
-        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        let (listener, url) = serve::bind(address).await;
         let shared = Arc::new(Shared {
             keys: RwLock::new(vec![key]),
             mode: RwLock::new(Mode::Up),
             jwks_requests: AtomicUsize::new(0),
             issuer: url,
         });
-        tokio::spawn(server::serve(listener, shared.clone()));
+        serve::spawn(listener, shared.clone());
         Self { shared }
     }
 

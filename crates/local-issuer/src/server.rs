@@ -1,47 +1,29 @@
 //! The HTTP side: GitLab's JWKS and discovery paths, plus `POST /-/mint` for the demo script.
 
-use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
+use crate::serve::{Handler, json as json_response};
 use crate::{Mode, Shared, claims};
 
-pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| respond(shared.clone(), request));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+impl Handler for Shared {
+    async fn respond(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (request.method(), request.uri().path()) {
+            (&Method::GET, "/oauth/discovery/keys") => jwks(self).await,
+            (&Method::GET, "/.well-known/openid-configuration") => json_response(&json!({
+                "issuer": self.issuer,
+                "jwks_uri": format!("{}/oauth/discovery/keys", self.issuer),
+                "id_token_signing_alg_values_supported": ["RS256"],
+            })),
+            (&Method::POST, "/-/mint") => mint(self, request).await,
+            _ => status(StatusCode::NOT_FOUND, ""),
+        }
     }
-}
-
-async fn respond(
-    shared: Arc<Shared>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let response = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/oauth/discovery/keys") => jwks(&shared).await,
-        (&Method::GET, "/.well-known/openid-configuration") => json_response(&json!({
-            "issuer": shared.issuer,
-            "jwks_uri": format!("{}/oauth/discovery/keys", shared.issuer),
-            "id_token_signing_alg_values_supported": ["RS256"],
-        })),
-        (&Method::POST, "/-/mint") => mint(&shared, request).await,
-        _ => status(StatusCode::NOT_FOUND, ""),
-    };
-    Ok(response)
 }
 
 async fn jwks(shared: &Shared) -> Response<Full<Bytes>> {
@@ -90,15 +72,6 @@ async fn mint(shared: &Shared, request: Request<Incoming>) -> Response<Full<Byte
         &claims,
     );
     status(StatusCode::OK, &token)
-}
-
-fn json_response(value: &Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
-    response.headers_mut().insert(
-        "content-type",
-        "application/json".parse().expect("static header"),
-    );
-    response
 }
 
 fn status(code: StatusCode, body: &str) -> Response<Full<Bytes>> {

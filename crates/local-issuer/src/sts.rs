@@ -3,17 +3,16 @@
 //! load tests and fault injection, where moto (Python) would be the bottleneck or could not fail
 //! on demand.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+use crate::serve::{self, Handler};
 
 /// How the stand-in answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,15 +52,12 @@ fn error_body(code: &str) -> String {
 impl LocalSts {
     /// Starts on `address` (e.g. `127.0.0.1:0`).
     pub async fn start_on(address: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .expect("bind STS stand-in");
-        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        let (listener, url) = serve::bind(address).await;
         let shared = Arc::new(Shared {
             mode: AtomicU8::new(StsMode::Ok as u8),
             calls: AtomicUsize::new(0),
         });
-        tokio::spawn(serve(listener, shared.clone()));
+        serve::spawn(listener, shared.clone());
         Self { url, shared }
     }
 
@@ -81,26 +77,17 @@ impl LocalSts {
     }
 }
 
-async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    while let Ok((stream, _)) = listener.accept().await {
-        if shared.mode.load(Ordering::SeqCst) == StsMode::Reset as u8 {
-            shared.calls.fetch_add(1, Ordering::SeqCst);
-            // Linger zero: closing sends a TCP reset, as a crashed or overloaded peer would.
-            let _ = stream.set_zero_linger();
-            drop(stream);
-            continue;
+impl Handler for Shared {
+    async fn respond(&self, _request: Request<Incoming>) -> Response<Full<Bytes>> {
+        answer(self).await
+    }
+
+    fn drops_connection(&self) -> bool {
+        let reset = self.mode.load(Ordering::SeqCst) == StsMode::Reset as u8;
+        if reset {
+            self.calls.fetch_add(1, Ordering::SeqCst);
         }
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let service = service_fn(move |_request| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(answer(&shared).await) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        reset
     }
 }
 
@@ -118,10 +105,5 @@ async fn answer(shared: &Shared) -> Response<Full<Bytes>> {
         }
         _ => (StatusCode::OK, ASSUME_ROLE_OK.to_owned()),
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert("content-type", "text/xml".parse().expect("static header"));
-    response
+    serve::response(status, "text/xml", body)
 }
