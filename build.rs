@@ -1,6 +1,7 @@
-//! Compiles the bundled policy (`policy.toml`, or `TOKEN_BROKER_BUNDLED_POLICY`) with the same
-//! code the broker runs, so a policy that does not parse or compile fails `cargo build` (and so
-//! `sam build`) instead of a running Lambda; then embeds it and its session policy files.
+//! Compiles and lints the bundled policy (`policy.toml`, or `TOKEN_BROKER_BUNDLED_POLICY`) with the
+//! same code the broker and `token-broker policy check` run, so a policy that does not compile or
+//! has an error finding fails `cargo build` (and so `sam build`) instead of reaching a Lambda;
+//! then embeds it and its session policy files. Warnings are shown and do not fail the build.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -25,10 +26,23 @@ fn main() {
         files.borrow_mut().push((relative.to_owned(), full));
         Ok(text)
     };
+    // Named as `policy check` names it when run from the repository root.
     let shown = path.strip_prefix(&manifest).unwrap_or(&path);
-    if let Err(error) = token_broker_policy::parse(shown, &text, &read) {
-        fail(&format!("the bundled policy is invalid: {error}"));
+    match token_broker_policy::lint::bundle_check(shown, &text, &read) {
+        Ok(warnings) => {
+            for warning in warnings {
+                println!("cargo::warning={}", warning.display_with_path(shown));
+            }
+        }
+        Err(report) => fail(&report),
     }
+    let source = embedding(shown, &path, &files.borrow());
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    std::fs::write(out.join("bundled_policy.rs"), source).expect("write bundled_policy.rs");
+}
+
+/// `bundled_policy.rs`: the policy's name and text, and each session policy file it read.
+fn embedding(shown: &Path, path: &Path, files: &[(String, PathBuf)]) -> String {
     let mut source = format!(
         "pub const PATH: &str = {:?};\n",
         shown.display().to_string()
@@ -40,7 +54,7 @@ fn main() {
     )
     .unwrap();
     source.push_str("pub const FILES: &[(&str, &str)] = &[\n");
-    for (relative, full) in files.borrow().iter() {
+    for (relative, full) in files {
         writeln!(
             source,
             "    ({relative:?}, include_str!({:?})),",
@@ -49,8 +63,7 @@ fn main() {
         .unwrap();
     }
     source.push_str("];\n");
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    std::fs::write(out.join("bundled_policy.rs"), source).expect("write bundled_policy.rs");
+    source
 }
 
 fn fail(message: &str) -> ! {

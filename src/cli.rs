@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::policy::cases;
 use crate::policy::explain::explain;
-use crate::policy::lint::{Finding, Severity, lint};
+use crate::policy::lint::{Finding, Severity, lint, render_human};
 use crate::policy::{Claims, Policy, load};
 
 /// Output format of `policy check`.
@@ -35,10 +35,7 @@ pub fn check(file: &Path, format: Format, deny_warnings: bool) -> ExitCode {
             "{}",
             check_json(file, &findings, compile_error.as_deref(), errors, warnings)
         ),
-        Format::Human => print!(
-            "{}",
-            check_human(file, &findings, compile_error.as_deref(), errors, warnings)
-        ),
+        Format::Human => print!("{}", check_human(file, &findings, compile_error.as_deref())),
     }
     let failed = compile_error.is_some() || errors > 0 || (deny_warnings && warnings > 0);
     if failed {
@@ -67,45 +64,12 @@ fn check_json(
     .to_string()
 }
 
-fn check_human(
-    file: &Path,
-    findings: &[Finding],
-    compile_error: Option<&str>,
-    errors: usize,
-    warnings: usize,
-) -> String {
-    if let Some(error) = compile_error {
-        return format!("error[compile]: {error}\n");
+/// Shares its rendering with `build.rs`, so a refused build reads exactly like `check`.
+fn check_human(file: &Path, findings: &[Finding], compile_error: Option<&str>) -> String {
+    match compile_error {
+        Some(error) => format!("error[compile]: {error}\n"),
+        None => render_human(file, findings),
     }
-    let mut out = String::new();
-    let mut grants: Vec<(String, &str)> = findings
-        .iter()
-        .map(|f| (f.kind.to_string(), f.grant.as_str()))
-        .collect();
-    grants.sort();
-    grants.dedup();
-    for (kind, grant) in grants {
-        out.push_str(&format!("{kind} {grant:?}\n"));
-        for f in findings
-            .iter()
-            .filter(|f| f.kind.to_string() == kind && f.grant == grant)
-        {
-            out.push_str(&format!(
-                "  {}:{}: {}[{} {}] {}\n",
-                file.display(),
-                f.line,
-                f.severity,
-                f.id,
-                f.name,
-                f.message
-            ));
-        }
-    }
-    out.push_str(&format!(
-        "{}: {errors} error(s), {warnings} warning(s)\n",
-        file.display()
-    ));
-    out
 }
 
 /// Runs the decision cases in `cases_file` (default: `policy.tests.toml` beside the policy).

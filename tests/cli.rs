@@ -1,5 +1,5 @@
 //! `token-broker policy check|test|explain`, run as the built binary: exit codes, output, and no
-//! network or AWS needed.
+//! network or AWS needed. And the build script, which refuses to bundle what `check` refuses.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -41,7 +41,7 @@ fn check_exits_1_on_error_findings_and_names_rule_id_and_line() {
 
 #[test]
 fn warnings_pass_unless_denied() {
-    for id in ["TB103", "TB106", "TB107", "TB108"] {
+    for id in ["TB103", "TB106", "TB107", "TB108", "TB109"] {
         let output = broker(&["policy", "check", &fixture(id)]);
         assert_eq!(output.status.code(), Some(0), "{id}: {}", stdout(&output));
         assert!(stdout(&output).contains(&format!("warning[{id} ")));
@@ -102,6 +102,87 @@ fn the_shipped_policies_pass_check_and_their_cases() {
         );
         assert!(stdout(&output).contains(" passed, 0 failed"));
     }
+}
+
+#[test]
+fn the_demo_policy_passes_check() {
+    // scripts/demo fills in the local GitLab stand-in's URL; any loopback URL will do here.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join("examples/demo-policy.toml")).unwrap();
+    let file = dir.path().join("demo-policy.toml");
+    std::fs::write(&file, text.replace("{issuer}", "http://127.0.0.1:9")).unwrap();
+    let session_policy = "demo-session-policy.json";
+    std::fs::copy(
+        root().join("examples").join(session_policy),
+        dir.path().join(session_policy),
+    )
+    .unwrap();
+    let output = broker(&["policy", "check", "--deny-warnings", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+}
+
+/// The build script cargo compiled for this package, run as `cargo build` runs it, but with an
+/// `OUT_DIR` of its own: running it through cargo with another `TOKEN_BROKER_BUNDLED_POLICY`
+/// would make the next build of the shared target dir rerun it and recompile the crate.
+fn build_script(policy: &str, out_dir: &Path) -> Output {
+    Command::new(compiled_build_script())
+        .env("CARGO_MANIFEST_DIR", root())
+        .env("OUT_DIR", out_dir)
+        .env("TOKEN_BROKER_BUNDLED_POLICY", root().join(policy))
+        .output()
+        .unwrap()
+}
+
+/// The newest `build-script-build` of this package: cargo keeps one per build configuration
+/// (test, clippy, …) beside this test's `OUT_DIR`, and just rebuilt the one for this test run.
+fn compiled_build_script() -> PathBuf {
+    let build_dir = Path::new(env!("OUT_DIR")).ancestors().nth(2).unwrap();
+    let ours = |dir: &Path| {
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        name.strip_prefix("token-broker-")
+            .is_some_and(|hash| hash.chars().all(|c| c.is_ascii_hexdigit()))
+    };
+    std::fs::read_dir(build_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|dir| ours(dir))
+        .map(|dir| dir.join("build-script-build"))
+        .filter_map(|script| Some((script.metadata().ok()?.modified().ok()?, script)))
+        .max()
+        .expect("cargo built token-broker's build script")
+        .1
+}
+
+#[test]
+fn the_build_refuses_to_bundle_a_policy_with_error_findings() {
+    let out = tempfile::tempdir().unwrap();
+    let output = build_script(&fixture("TB104"), out.path());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let line = format!(
+        "{}:10: error[TB104 ref-without-ref-type] rule 1",
+        fixture("TB104")
+    );
+    assert!(stderr.contains(&line), "{stderr}");
+    assert!(!out.path().join("bundled_policy.rs").exists());
+}
+
+#[test]
+fn the_build_bundles_a_policy_with_warnings_and_shows_them() {
+    let out = tempfile::tempdir().unwrap();
+    let output = build_script(&fixture("TB109"), out.path());
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let warning = format!(
+        "cargo::warning={}:11: warning[TB109 role-chaining-cap] max_duration = \"4h\"",
+        fixture("TB109")
+    );
+    assert!(stdout(&output).contains(&warning), "{}", stdout(&output));
+    assert!(out.path().join("bundled_policy.rs").exists());
 }
 
 #[test]

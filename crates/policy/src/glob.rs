@@ -48,49 +48,121 @@ impl Pattern {
         }
     }
 
-    /// Whether the pattern matches every value (`*` within a segment or `**` anywhere).
+    /// Whether the pattern says nothing about which characters a value holds, only about its
+    /// shape: it has a wildcard and is made of nothing but `?`, `*`, `**`, classes that admit
+    /// every character but `/`, and `/`. Replacing a matching value's characters (other than `/`)
+    /// by any others keeps it matching, so it matches every value of its shape: `*` every value
+    /// without a `/`, `?*` every non-empty one of those, `**` and `***` every value, `*/*` every
+    /// `a/b`, `**/*` every value holding a `/`, `?` every one-character value. Branch, tag,
+    /// group, project and environment names are chosen by whoever creates them, in any shape, so
+    /// on a claim that identifies the job such a condition restricts nothing (lint TB102). A
+    /// literal character or a narrower class (`v*`, `*-*`, `[a-z]*`) states an intent the lint
+    /// cannot judge, and plain text is never a match-everything.
     pub fn matches_everything(&self) -> bool {
-        matches!(self.source(), "*" | "**")
+        let Self::Glob { source, .. } = self else {
+            return false;
+        };
+        let pieces = pieces(source).expect("a compiled pattern tokenizes");
+        pieces.iter().any(|p| !matches!(p, Piece::Literal('/')))
+            && pieces.iter().all(Piece::admits_any_character)
     }
+}
+
+/// One element of a glob.
+#[derive(Debug)]
+enum Piece {
+    /// A character the value must hold as written (after `\`, any character).
+    Literal(char),
+    /// `?`: one character other than `/`.
+    One,
+    /// `*`: any run of characters other than `/`.
+    Star,
+    /// `**`: any run of characters.
+    DoubleStar,
+    /// `[...]`: one character other than `/` among (or, negated, outside) inclusive ranges.
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+}
+
+impl Piece {
+    fn regex(&self) -> String {
+        match self {
+            Self::Literal(c) => regex::escape(&c.to_string()),
+            Self::One => "[^/]".into(),
+            Self::Star => "[^/]*".into(),
+            Self::DoubleStar => "(?s:.*)".into(),
+            Self::Class { negated, ranges } => class_regex(*negated, ranges),
+        }
+    }
+
+    /// Whether the piece accepts any character in its place (a literal `/` counts: it only
+    /// fixes where a segment ends).
+    fn admits_any_character(&self) -> bool {
+        match self {
+            Self::Literal(c) => *c == '/',
+            Self::One | Self::Star | Self::DoubleStar => true,
+            Self::Class {
+                negated: true,
+                ranges,
+            } => ranges.iter().all(|r| *r == ('/', '/')),
+            Self::Class {
+                negated: false,
+                ranges,
+            } => covers_all_but_slash(ranges),
+        }
+    }
+}
+
+/// Whether `ranges` hold every `char` except perhaps `/` (surrogates are no `char`s).
+fn covers_all_but_slash(ranges: &[(char, char)]) -> bool {
+    let mut sorted = ranges.to_vec();
+    sorted.sort_unstable();
+    let ignorable = |c: u32| c == u32::from('/') || (0xD800..0xE000).contains(&c);
+    let mut next = 0u32;
+    for (start, end) in sorted {
+        if !(next..u32::from(start)).all(ignorable) {
+            return false;
+        }
+        next = next.max(u32::from(end) + 1);
+    }
+    next > u32::from(char::MAX)
+}
+
+fn pieces(glob: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut chars = glob.chars().peekable();
+    while let Some(c) = chars.next() {
+        pieces.push(match c {
+            '*' if chars.next_if_eq(&'*').is_some() => Piece::DoubleStar,
+            '*' => Piece::Star,
+            '?' => Piece::One,
+            '[' => class(&mut chars)?,
+            '\\' => match chars.next() {
+                Some(escaped) => Piece::Literal(escaped),
+                None => return Err("a pattern cannot end with `\\`".into()),
+            },
+            other => Piece::Literal(other),
+        });
+    }
+    Ok(pieces)
 }
 
 fn translate(glob: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(glob.len() * 2);
-    let mut chars = glob.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '*' if chars.peek() == Some(&'*') => {
-                chars.next();
-                out.push_str("(?s:.*)");
-            }
-            '*' => out.push_str("[^/]*"),
-            '?' => out.push_str("[^/]"),
-            '[' => out.push_str(&class(&mut chars)?),
-            '\\' => match chars.next() {
-                Some(escaped) => out.push_str(&regex::escape(&escaped.to_string())),
-                None => return Err("a pattern cannot end with `\\`".into()),
-            },
-            other => out.push_str(&regex::escape(&other.to_string())),
-        }
-    }
-    Ok(out)
+    Ok(pieces(glob)?.iter().map(Piece::regex).collect())
 }
 
-/// Translates a `[...]` class whose `[` was consumed. Classes never match `/`, like `?`.
-fn class(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String, String> {
-    let negated = matches!(chars.peek(), Some('!' | '^'));
-    if negated {
-        chars.next();
-    }
-    let mut members = String::new();
-    let mut first = true;
+/// Parses a `[...]` class whose `[` was consumed.
+fn class(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<Piece, String> {
+    let negated = chars.next_if(|c| matches!(c, '!' | '^')).is_some();
+    let mut ranges = Vec::new();
     loop {
         let start = match chars.next() {
             None => return Err("unclosed `[` in pattern".into()),
-            Some(']') if !first => break,
+            Some(']') if !ranges.is_empty() => break,
             Some(c) => c,
         };
-        first = false;
         // `a-z` is a range unless the `-` is last (`[a-]`): then both are members.
         let mut ahead = chars.clone();
         if ahead.next() == Some('-') && ahead.peek().is_some_and(|end| *end != ']') {
@@ -99,17 +171,32 @@ fn class(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String,
             if end < start {
                 return Err(format!("`{start}-{end}` is an empty range"));
             }
-            members.push_str(&format!("{}-{}", class_member(start), class_member(end)));
+            ranges.push((start, end));
         } else {
-            members.push_str(&class_member(start));
+            ranges.push((start, start));
         }
     }
-    // Intersecting with `[^/]` keeps a class inside one path segment, like `?`.
-    Ok(if negated {
+    Ok(Piece::Class { negated, ranges })
+}
+
+/// A class as a regex. Classes never match `/`, like `?`: intersecting with `[^/]` keeps them
+/// inside one path segment.
+fn class_regex(negated: bool, ranges: &[(char, char)]) -> String {
+    let members: String = ranges
+        .iter()
+        .map(|&(start, end)| {
+            if start == end {
+                class_member(start)
+            } else {
+                format!("{}-{}", class_member(start), class_member(end))
+            }
+        })
+        .collect();
+    if negated {
         format!("[^/{members}]")
     } else {
         format!("[{members}&&[^/]]")
-    })
+    }
 }
 
 /// Every member as a `\x{…}` escape: inside a class the regex crate gives `--`, `&&`, `~~`, `[`
@@ -206,10 +293,93 @@ mod tests {
         }
     }
 
+    /// (pattern, TB102 fires, what it matches)
+    const MATCH_EVERYTHING: &[(&str, bool, &str)] = &[
+        ("main", false, "one name"),
+        ("v*", false, "names starting with v"),
+        ("release-*", false, "names starting with release-"),
+        ("*-*", false, "names holding a -"),
+        ("[a-z]*", false, "names starting with a lowercase letter"),
+        ("[!x]*", false, "names not starting with x"),
+        ("\\*", false, "the name *"),
+        ("*", true, "every value without a /"),
+        ("**", true, "every value"),
+        ("***", true, "every value"),
+        ("?*", true, "every non-empty value without a /"),
+        ("*?", true, "every non-empty value without a /"),
+        ("**?", true, "every non-empty value"),
+        ("?", true, "every one-character value"),
+        ("*/*", true, "every a/b"),
+        ("**/*", true, "every value holding a /"),
+        ("*/**", true, "every value holding a /"),
+        ("[!/]*", true, "every value without a /, spelt as a class"),
+        (
+            "[\0-\u{10ffff}]*",
+            true,
+            "every value without a /, spelt as a range",
+        ),
+        (
+            "[\0-.0-\u{10ffff}]?",
+            true,
+            "every one-character value, / skipped",
+        ),
+        ("[\0-\u{10fffe}]*", false, "all but values holding U+10FFFF"),
+    ];
+
     #[test]
-    fn only_star_and_double_star_match_everything() {
-        assert!(Pattern::compile("*").unwrap().matches_everything());
-        assert!(Pattern::compile("**").unwrap().matches_everything());
-        assert!(!Pattern::compile("v*").unwrap().matches_everything());
+    fn match_everything_means_made_only_of_wildcards() {
+        for (glob, fires, what) in MATCH_EVERYTHING {
+            let pattern = Pattern::compile(glob).unwrap();
+            assert_eq!(pattern.matches_everything(), *fires, "{glob:?} ({what})");
+        }
+        let no_wildcard = Pattern::compile("\\/").unwrap();
+        assert!(!no_wildcard.matches_everything(), "the name / alone");
+    }
+
+    #[test]
+    fn match_everything_is_blind_to_which_characters_a_value_holds() {
+        let values = [
+            "main",
+            "v1.2",
+            "x-y",
+            "release-1",
+            "*",
+            "a",
+            "",
+            "feature/x",
+            "acme/sub/web",
+        ];
+        let renamed = |value: &str, to: char| -> String {
+            value
+                .chars()
+                .map(|c| if c == '/' { c } else { to })
+                .collect()
+        };
+        for (glob, fires, _) in MATCH_EVERYTHING {
+            let pattern = Pattern::compile(glob).unwrap();
+            let blind = values.iter().all(|value| {
+                ['x', 'é', '\u{10ffff}']
+                    .iter()
+                    .all(|&to| pattern.matches(value) == pattern.matches(&renamed(value, to)))
+            });
+            assert_eq!(blind, *fires, "{glob:?}");
+        }
+    }
+
+    #[test]
+    fn a_shape_only_pattern_matches_any_value_of_its_shape() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("?*", "feature-x", true),
+            ("?*", "", false),
+            ("?*", "a/b", false),
+            ("**/*", "acme/web", true),
+            ("**/*", "web", false),
+            ("*/*", "acme/web", true),
+            ("*/*", "acme/sub/web", false),
+        ];
+        for (glob, value, expected) in cases {
+            let pattern = Pattern::compile(glob).unwrap();
+            assert_eq!(pattern.matches(value), *expected, "{glob:?} vs {value:?}");
+        }
     }
 }

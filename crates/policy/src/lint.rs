@@ -3,9 +3,11 @@
 //! before linting.
 
 use std::fmt;
+use std::path::Path;
+use std::time::Duration;
 
 use crate::gitlab::{FREE_FORM, IDENTIFYING, KNOWN_CLAIMS, SOMETIMES_ABSENT, did_you_mean};
-use crate::{Condition, Grant, GrantKind, Pattern, Policy, Role, Rule};
+use crate::{Condition, Grant, GrantKind, Pattern, Policy, Role, Rule, parse};
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,7 +56,7 @@ pub const LINTS: &[(&str, &str, Severity, &str)] = &[
         "TB102",
         "match-everything",
         Severity::Error,
-        "a condition on a claim that identifies the job matches every value (`*`, `**`)",
+        "a condition on a claim that identifies the job is only wildcards (`*`, `**`, `?*`, `*/*`, …): it names no value, so any name of its shape passes",
     ),
     (
         "TB103",
@@ -92,7 +94,16 @@ pub const LINTS: &[(&str, &str, Severity, &str)] = &[
         Severity::Warning,
         "session_tags names a claim whose values may hold characters STS refuses; such requests are denied",
     ),
+    (
+        "TB109",
+        "role-chaining-cap",
+        Severity::Warning,
+        "a role's max_duration is over 1 h: in Lambda every AssumeRole is role chaining, which STS caps at 1 h",
+    ),
 ];
+
+/// STS's cap on a role-chained session, which every session the broker starts in Lambda is.
+const ROLE_CHAINING_CAP: Duration = Duration::from_secs(3600);
 
 /// Every finding for `policy`, in file order.
 pub fn lint(policy: &Policy) -> Vec<Finding> {
@@ -105,6 +116,7 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
     }
     for role in &policy.roles {
         lint_session_tags(role, &mut findings);
+        lint_role_chaining(role, &mut findings);
     }
     findings.sort_by_key(|f| (f.line, f.id));
     findings
@@ -147,16 +159,7 @@ fn lint_rule(grant: &Grant, rule: &Rule, findings: &mut Vec<Finding>) {
         findings.push(finding("TB101", grant, Some(rule), format!("rule {n} pins neither project_id nor namespace_id; paths can be renamed and re-registered by someone else (pin an id, or set allow_path_only = true)")));
     }
     for c in &rule.conditions {
-        if IDENTIFYING.contains(&c.claim.as_str())
-            && c.patterns.iter().any(Pattern::matches_everything)
-        {
-            findings.push(finding(
-                "TB102",
-                grant,
-                Some(rule),
-                format!("rule {n}: {} matches every value", c.claim),
-            ));
-        }
+        findings.extend(match_everything(grant, rule, c));
         if !KNOWN_CLAIMS.contains(&c.claim.as_str()) {
             let hint = did_you_mean(&c.claim)
                 .map_or(String::new(), |known| format!("; did you mean {known:?}?"));
@@ -184,6 +187,24 @@ fn lint_rule(grant: &Grant, rule: &Rule, findings: &mut Vec<Finding>) {
             ),
         ));
     }
+}
+
+/// TB102 for a condition on an identifying claim with a pattern that names no value.
+fn match_everything(grant: &Grant, rule: &Rule, c: &Condition) -> Option<Finding> {
+    let identifying = IDENTIFYING.contains(&c.claim.as_str());
+    let pattern = c
+        .patterns
+        .iter()
+        .find(|p| identifying && p.matches_everything())?;
+    let (n, claim, source) = (rule.number, &c.claim, pattern.source());
+    Some(finding(
+        "TB102",
+        grant,
+        Some(rule),
+        format!(
+            "rule {n}: {claim} = {source:?} is only wildcards: it names no value, so any {claim} of that shape matches"
+        ),
+    ))
 }
 
 /// Whether every claims set that satisfies `narrow` also satisfies `wide`.
@@ -250,4 +271,90 @@ fn lint_session_tags(role: &Role, findings: &mut Vec<Finding>) {
             }
         }
     }
+}
+
+fn lint_role_chaining(role: &Role, findings: &mut Vec<Finding>) {
+    if role.max_duration > ROLE_CHAINING_CAP {
+        let asked = as_written(role.max_duration);
+        findings.push(finding("TB109", &role.grant, None, format!("max_duration = {asked:?}, but in Lambda every AssumeRole is role chaining, which STS caps at 1 h; sessions will be 1 h")));
+    }
+}
+
+/// A duration in the policy's own syntax (`"90m"`), so the message reads like the file.
+fn as_written(duration: Duration) -> String {
+    match duration.as_secs() {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+impl Finding {
+    /// The finding on one line, as `policy check` and the build print it:
+    /// `file:line: severity[id name] message`.
+    pub fn display_with_path(&self, file: &Path) -> String {
+        format!(
+            "{}:{}: {}[{} {}] {}",
+            file.display(),
+            self.line,
+            self.severity,
+            self.id,
+            self.name,
+            self.message
+        )
+    }
+}
+
+/// The findings for people, grouped by role and token, then a count line; what
+/// `token-broker policy check` prints and what a build refused for its bundled policy shows.
+pub fn render_human(file: &Path, findings: &[Finding]) -> String {
+    let mut grants: Vec<(String, &str)> = findings
+        .iter()
+        .map(|f| (f.kind.to_string(), f.grant.as_str()))
+        .collect();
+    grants.sort();
+    grants.dedup();
+    let mut out = String::new();
+    for (kind, grant) in grants {
+        out.push_str(&format!("{kind} {grant:?}\n"));
+        for f in findings
+            .iter()
+            .filter(|f| f.kind.to_string() == kind && f.grant == grant)
+        {
+            out.push_str(&format!("  {}\n", f.display_with_path(file)));
+        }
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    let warnings = findings.len() - errors;
+    out.push_str(&format!(
+        "{}: {errors} error(s), {warnings} warning(s)\n",
+        file.display()
+    ));
+    out
+}
+
+/// The build's gate on the policy it bundles (`build.rs` calls it): compiles and lints the policy
+/// `text`, named `file` in messages (as [`parse`]); `read` returns a session policy file's text.
+/// Ok with the findings when none is an error (warnings, for the build to show); else Err with
+/// what `policy check` prints: the compile error, or every finding with its `file:line`. So a
+/// policy `check` refuses never gets into a binary, and never reaches `sam deploy`.
+pub fn bundle_check(
+    file: &Path,
+    text: &str,
+    read: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<Vec<Finding>, String> {
+    let policy = parse(file, text, read)
+        .map_err(|error| format!("the bundled policy is invalid: {error}"))?;
+    let findings = lint(&policy);
+    if findings.iter().any(|f| f.severity == Severity::Error) {
+        return Err(format!(
+            "the bundled policy has error findings (`token-broker policy check {}`):\n{}",
+            file.display(),
+            render_human(file, &findings)
+        ));
+    }
+    Ok(findings)
 }
