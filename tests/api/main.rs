@@ -4,6 +4,7 @@ mod attacks;
 mod credentials;
 mod faults;
 mod helpers;
+mod job_scripts;
 mod lambda;
 mod requests;
 mod sts_errors;

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Debian packages the tests need besides the Python venv (scripts/tools.sh): the job snippets of
+# README.md and examples/gitlab-ci/ run under dash and busybox sh (alpine's shell) with curl and jq.
+#
+#   scripts/apt-tools.sh   -> installs whichever of them is missing; a no-op when all are there
+#
+# Versions are Debian bookworm's (busybox-static 1.35, dash 0.5.12, jq 1.6, curl 7.88): not pinned
+# exactly, since a point release removes the old version from the mirror. `apt-get update` runs
+# only when a missing package has no install candidate yet.
+set -euo pipefail
+
+packages=(busybox-static dash jq curl)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
+done
+[ "${#missing[@]}" -eq 0 ] && exit 0
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || {
+    echo "apt-tools.sh: ${missing[*]} missing; run as root or install them" >&2
+    exit 1
+  }
+  sudo=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+for package in "${missing[@]}"; do
+  if ! apt-cache policy "$package" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    "${sudo[@]}" apt-get update -q
+    break
+  fi
+done
+echo "apt-tools.sh: installing ${missing[*]}" >&2
+"${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
