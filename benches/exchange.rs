@@ -150,7 +150,9 @@ fn plan_and_exchange(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let role = policy.role("deploy-web-prod").expect("role").clone();
     let now = token_broker::oidc::now_secs();
     c.bench_function("plan_sts_request", |b| {
-        b.iter(|| broker::plan(black_box(&role), black_box(&verified), None, now).expect("plan"))
+        b.iter(|| {
+            broker::plan(black_box(&role), black_box(&verified), None, None, now).expect("plan")
+        })
     });
 
     let state = Arc::new(rt.block_on(AppState::assemble(

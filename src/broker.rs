@@ -38,12 +38,10 @@ pub struct Issued {
 /// Why the exchange failed; `http` maps each to a status.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("{0}")]
-    InvalidRequest(String),
     #[error(transparent)]
     InvalidToken(#[from] VerifyError),
-    #[error("{0}")]
-    AccessDenied(String),
+    #[error(transparent)]
+    AccessDenied(#[from] Refusal),
     #[error(transparent)]
     Sts(#[from] StsError),
     #[error(transparent)]
@@ -51,6 +49,21 @@ pub enum BrokerError {
     /// This broker has no signing key, so it issues no tokens.
     #[error("this broker issues no tokens (no KMS_KEY_ID configured)")]
     NoSigningKey,
+}
+
+/// What a caller from a project that no rule of the policy names is told, whatever was asked.
+pub const NOTHING_ADMITTED: &str = "the policy admits nothing for this project";
+
+/// A denial: the full reason, which the audit log always gets, and whether the caller may be
+/// told it. A caller from a project the policy admits somewhere learns which role and claim
+/// failed (their own values only); any other caller learns nothing about roles or rules.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", if *.disclosed { .reason.as_str() } else { NOTHING_ADMITTED })]
+pub struct Refusal {
+    /// Why, in terms of the caller's own claims.
+    pub reason: String,
+    /// Whether the reason may go back to the caller.
+    pub disclosed: bool,
 }
 
 /// A token the broker issued.
@@ -123,7 +136,7 @@ impl Broker {
     ) -> Result<(IssuedToken, usize), BrokerError> {
         let rule = match self.policy.decide_token(audience, &verified.claims) {
             Decision::Allow { rule } => rule,
-            Decision::Deny(denial) => return Err(BrokerError::AccessDenied(denial.to_string())),
+            Decision::Deny(denial) => return Err(self.refuse(verified, denial.to_string())),
         };
         let grant = self
             .policy
@@ -138,6 +151,12 @@ impl Broker {
         let signature = kms.sign(&keys.active, input.as_bytes()).await?;
         let token = Secret::new(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)));
         Ok((IssuedToken { token, expires_in }, rule))
+    }
+
+    /// A denial, told to the caller only if the policy admits their project somewhere.
+    fn refuse(&self, verified: &VerifiedToken, reason: String) -> BrokerError {
+        let disclosed = self.policy.admits_project(&verified.claims);
+        Refusal { reason, disclosed }.into()
     }
 
     /// The token verifier, for start-up prefetching.
@@ -172,13 +191,14 @@ impl Broker {
     ) -> Result<(Issued, usize), BrokerError> {
         let rule = match self.policy.decide(&request.role, &verified.claims) {
             Decision::Allow { rule } => rule,
-            Decision::Deny(denial) => return Err(BrokerError::AccessDenied(denial.to_string())),
+            Decision::Deny(denial) => return Err(self.refuse(verified, denial.to_string())),
         };
         let role = self
             .policy
             .role(&request.role)
             .expect("an allowed role exists");
-        let input = plan(role, verified, request.duration_seconds, now_secs())?;
+        let cap = self.sts.session_cap().await;
+        let input = plan(role, verified, request.duration_seconds, cap, now_secs())?;
         let credentials = self.sts.assume_role(&input).await?;
         let issued = Issued {
             credentials,
@@ -190,19 +210,19 @@ impl Broker {
     }
 }
 
-/// The claims of a re-issued token: registered claims of the broker's own, GitLab's `sub`, and
-/// the grant's copied claims with their GitLab types. Never outlives the GitLab token.
+/// The claims of a re-issued token: registered claims of the broker's own (its `sub` built from
+/// immutable ids by the grant's template), GitLab's `iss` and `sub` as `gitlab_iss` and
+/// `gitlab_sub` for relying parties that want them, and the grant's copied claims with their
+/// GitLab types. Never outlives the GitLab token.
 pub fn token_claims(
     grant: &TokenGrant,
     verified: &VerifiedToken,
     issuer: &str,
     now: u64,
 ) -> Result<serde_json::Value, BrokerError> {
-    let sub = verified
-        .raw
-        .get("sub")
-        .and_then(|s| s.as_str())
-        .ok_or(VerifyError::MissingClaim("sub".into()))?;
+    let sub = grant.subject.render(&verified.claims).map_err(|claim| {
+        denied_claim(claim, "is missing but the token's subject is built from it")
+    })?;
     let exp = (now + grant.max_ttl.as_secs()).min(verified.expires_at);
     if exp <= now {
         return Err(VerifyError::Expired.into());
@@ -213,11 +233,15 @@ pub fn token_claims(
             claims.insert(name.clone(), value.clone());
         }
     }
-    let registered = serde_json::json!({
+    let own = serde_json::json!({
         "iss": issuer, "sub": sub, "aud": grant.audience, "iat": now, "nbf": now, "exp": exp,
         "jti": uuid::Uuid::new_v4().to_string(),
+        "gitlab_iss": verified.claims.issuer(),
     });
-    claims.extend(registered.as_object().expect("an object").clone());
+    claims.extend(own.as_object().expect("an object").clone());
+    if let Some(gitlab_sub) = verified.raw.get("sub") {
+        claims.insert("gitlab_sub".into(), gitlab_sub.clone());
+    }
     Ok(serde_json::Value::Object(claims))
 }
 
@@ -225,22 +249,21 @@ fn b64_json(value: &serde_json::Value) -> String {
     URL_SAFE_NO_PAD.encode(value.to_string())
 }
 
-/// Builds the AssumeRole input for an allowed job. Refuses (403, naming the claim) any claim
-/// value STS would not take, rather than rewriting it.
+/// Builds the AssumeRole input for an allowed job. Refuses (403, naming the claim) any session
+/// tag value STS would not take, rather than rewriting it. `cap` is STS's own limit on the
+/// session (role chaining), below the role's `max_duration`.
 pub fn plan(
     role: &Role,
     verified: &VerifiedToken,
     requested: Option<u64>,
+    cap: Option<Duration>,
     now: u64,
 ) -> Result<AssumeRole, BrokerError> {
     let claims = &verified.claims;
     let session_name = SessionName::for_job(claims.field("project_id"), claims.field("job_id"))
-        .map_err(BrokerError::AccessDenied)?;
-    let login = claims
-        .get("user_login")
-        .ok_or_else(|| denied_claim("user_login", "is missing"))?;
-    let source_identity =
-        SourceIdentity::parse(login).map_err(|why| denied_claim("user_login", &why))?;
+        .map_err(disclosed)?;
+    let source_identity = source_identity(claims)?;
+    let max = cap.map_or(role.max_duration, |cap| cap.min(role.max_duration));
     let tags = role
         .session_tags
         .iter()
@@ -252,20 +275,52 @@ pub fn plan(
         source_identity,
         tags,
         policy: role.session_policy.clone(),
-        duration_seconds: session_seconds(requested, role.max_duration, verified.expires_at, now),
+        duration_seconds: session_seconds(requested, max, verified.expires_at, now),
     })
+}
+
+/// The job's user as STS's SourceIdentity: `user_login` when STS takes it as it is, otherwise
+/// `user_id=<id>`. GitLab logins never contain `=`, so the derived form cannot be claimed by a
+/// user whose login merely looks like it; and a genuine token is never refused over its login
+/// (null, absent, over 64 characters or outside STS's alphabet).
+fn source_identity(claims: &crate::Claims) -> Result<SourceIdentity, BrokerError> {
+    if let Some(login) = claims.get("user_login")
+        && let Ok(identity) = SourceIdentity::parse(login)
+    {
+        return Ok(identity);
+    }
+    let user_id = claims
+        .get("user_id")
+        .filter(|id| !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            denied_claim(
+                "user_id",
+                "is missing or not a number, and `user_login` is not a legal SourceIdentity",
+            )
+        })?;
+    SourceIdentity::parse(&format!("user_id={user_id}"))
+        .map_err(|why| denied_claim("user_id", &why))
 }
 
 fn session_tag(claims: &crate::Claims, claim: &str) -> Result<SessionTag, BrokerError> {
     let value = claims
         .get(claim)
         .ok_or_else(|| denied_claim(claim, "is missing but the role passes it as a session tag"))?;
-    let key = SessionTag::key_for_claim(claim).map_err(BrokerError::AccessDenied)?;
+    let key = SessionTag::key_for_claim(claim).map_err(disclosed)?;
     SessionTag::new(key, value).map_err(|why| denied_claim(claim, &why))
 }
 
 fn denied_claim(claim: &str, why: &str) -> BrokerError {
-    BrokerError::AccessDenied(format!("claim {claim:?} {why}"))
+    disclosed(format!("claim {claim:?} {why}"))
+}
+
+/// A denial after a rule allowed the caller: their project is admitted, so they are told why.
+fn disclosed(reason: String) -> BrokerError {
+    Refusal {
+        reason,
+        disclosed: true,
+    }
+    .into()
 }
 
 /// min(requested, role max, time left on the token), but never under STS's 900 s minimum.
@@ -325,7 +380,7 @@ fn audit(
     let claims = &verified.claims;
     let (result, rule, reason) = match outcome {
         Ok(rule) => ("allow", Some(rule), String::new()),
-        Err(BrokerError::AccessDenied(why)) => ("deny", None, why.clone()),
+        Err(BrokerError::AccessDenied(refusal)) => ("deny", None, refusal.reason.clone()),
         Err(error) => ("error", None, error.to_string()),
     };
     let (role, audience) = target.names();

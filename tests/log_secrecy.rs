@@ -527,3 +527,67 @@ fn token_exchange_event(request_id: &str, token: &str) -> Value {
     let headers = json!({"content-type": "application/x-www-form-urlencoded"});
     function_url_event(request_id, "/v1/token", "", headers, Some(form))
 }
+
+/// The audit line of `request_id` in each format.
+fn audit_lines(request_id: &str) -> Vec<(&'static str, String)> {
+    captured_logs()
+        .iter()
+        .map(|(format, capture)| {
+            let text = capture.text();
+            let line = text
+                .lines()
+                .find(|line| line.contains(request_id) && line.contains("decision"))
+                .unwrap_or_else(|| panic!("{format}: no audit line for {request_id}"))
+                .to_owned();
+            (*format, line)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_told_nothing_is_audited_with_the_full_reason() {
+    captured_logs();
+    let app = spawn_app().await;
+    let stranger =
+        json!({"project_id": "31337", "namespace_id": "666", "project_path": "mallory/web"});
+    let (token, _) = app.token(stranger);
+    let response = app.credentials(&token, "role=deploy-web-prod").await;
+    assert_eq!(response.status(), 403);
+    let id = request_id(&response);
+    let body = response.text().await.unwrap();
+    assert!(
+        body.contains(token_broker::broker::NOTHING_ADMITTED),
+        "{body}"
+    );
+    for (format, line) in audit_lines(&id) {
+        assert!(
+            line.contains("deny") && line.contains("deploy-web-prod") && line.contains("31337"),
+            "{format}: {line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_env_request_that_fails_is_audited_as_an_error() {
+    captured_logs();
+    let sts = local_issuer::sts::LocalSts::start_on("127.0.0.1:0").await;
+    sts.set_mode(local_issuer::sts::StsMode::ServerError);
+    let t = aws_sdk_sts::config::Credentials::new("t", "t", None, None, "t");
+    let sdk = sdk_config_for(sts.url(), t);
+    let app = spawn_app_full(
+        LocalIssuer::start().await,
+        POLICY,
+        Settings::default(),
+        &sdk,
+    )
+    .await;
+    let (token, _) = app.token(json!({}));
+    let response = app.credentials(&token, "role=read-only&format=env").await;
+    assert_eq!(response.status(), 503);
+    for (format, line) in audit_lines(&request_id(&response)) {
+        assert!(
+            line.contains("error") && !line.contains("allow"),
+            "{format}: {line}"
+        );
+    }
+}

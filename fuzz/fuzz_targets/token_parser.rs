@@ -102,7 +102,7 @@ fn check(token: &str) {
         }
     }
     let shape = token::check_shape(token);
-    let duplicates = token::header_has_duplicates(token);
+    let header_ok = token::check_header(token).is_ok();
     let header = decode_header(token);
     let issuer = token::unverified_issuer(token);
     if shape.is_err() {
@@ -116,7 +116,7 @@ fn check(token: &str) {
         .kid
         .as_deref()
         .is_some_and(|k| !k.is_empty() && k.len() <= MAX_KID_CHARS);
-    if duplicates || issuer.is_err() || header.alg != Algorithm::RS256 || header.crit.is_some() {
+    if !header_ok || issuer.is_err() || header.alg != Algorithm::RS256 || header.crit.is_some() {
         return;
     }
     if !kid_ok {

@@ -1,9 +1,16 @@
 //! STS AssumeRole with inputs that were validated before the call, and errors reduced to a code.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_credential_types::provider::ProvideCredentials;
+use aws_sdk_sts::config::SharedCredentialsProvider;
 use aws_sdk_sts::config::http::HttpResponse;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::primitives::DateTimeFormat;
 use aws_sdk_sts::types::Tag;
+
+use tokio::sync::OnceCell;
 
 use super::names::{RoleArn, SessionName, SessionTag, SourceIdentity};
 use crate::secret::Secret;
@@ -41,10 +48,17 @@ pub enum StsError {
     Refused { code: String },
 }
 
-/// The STS adapter.
+/// STS's longest session when the caller's own credentials are a role session (role chaining),
+/// which is always the case in Lambda. STS refuses a longer `DurationSeconds` there.
+pub const ROLE_CHAINING_MAX: Duration = Duration::from_secs(3600);
+
+/// Owns the STS client, and knows whether the broker's own credentials make every AssumeRole
+/// role chaining.
 #[derive(Clone)]
 pub struct Sts {
     client: aws_sdk_sts::Client,
+    credentials: Option<SharedCredentialsProvider>,
+    chaining: Arc<OnceCell<bool>>,
 }
 
 impl Sts {
@@ -52,10 +66,32 @@ impl Sts {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         Self {
             client: aws_sdk_sts::Client::new(config),
+            credentials: config.credentials_provider(),
+            chaining: Arc::default(),
         }
     }
 
-    /// Calls AssumeRole.
+    /// The longest session STS will grant: 1 h when the broker's own credentials carry a session
+    /// token (a role session: always in Lambda), otherwise none beyond the role's own. Found out
+    /// once, from the credentials the SDK would sign with; credentials that cannot be had count
+    /// as a role session, so the cap errs on the side STS enforces.
+    pub async fn session_cap(&self) -> Option<Duration> {
+        let chaining = *self
+            .chaining
+            .get_or_init(|| async {
+                match &self.credentials {
+                    Some(provider) => provider
+                        .provide_credentials()
+                        .await
+                        .map_or(true, |c| c.session_token().is_some()),
+                    None => true,
+                }
+            })
+            .await;
+        chaining.then_some(ROLE_CHAINING_MAX)
+    }
+
+    /// Sends AssumeRole and checks that the answer holds usable credentials.
     pub async fn assume_role(&self, input: &AssumeRole) -> Result<Credentials, StsError> {
         let tags = input
             .tags
@@ -82,7 +118,12 @@ impl Sts {
             .map_err(classify)?;
         let credentials = output
             .credentials
-            .ok_or_else(|| refused("MissingCredentials"))?;
+            .filter(|c| {
+                [&c.access_key_id, &c.secret_access_key, &c.session_token]
+                    .iter()
+                    .all(|part| credential_text(part))
+            })
+            .ok_or_else(|| refused("MalformedCredentials"))?;
         let expiration = credentials
             .expiration
             .fmt(DateTimeFormat::DateTime)
@@ -95,6 +136,16 @@ impl Sts {
             assumed_role_arn: output.assumed_role_user.map(|u| u.arn).unwrap_or_default(),
         })
     }
+}
+
+/// STS's keys, secrets and session tokens are base64-ish ASCII. Anything else is a broken or
+/// hostile answer, refused here so that no renderer (shell `export` lines above all) gets a
+/// value it would have to quote.
+fn credential_text(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'='))
 }
 
 fn refused(code: &str) -> StsError {

@@ -11,6 +11,7 @@ use serde_json::json;
 use super::{ApiError, RequestMeta, json_response, require_media_type};
 use crate::broker::BrokerError;
 use crate::oidc::token::MAX_TOKEN_BYTES;
+use crate::policy::{PROVENANCE_CLAIMS, REGISTERED_CLAIMS};
 use crate::secret::Secret;
 use crate::startup::AppState;
 
@@ -19,7 +20,6 @@ const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 /// Discovery and keys change only with a deploy or a key rotation.
 const PUBLIC_CACHE: &str = "public, max-age=300";
-const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
 
 /// The parameters of a token exchange request.
 #[derive(Debug)]
@@ -43,7 +43,12 @@ impl Exchange {
             }
         }
         let get = |name: &str| params.get(name).map(String::as_str);
-        if get("grant_type") != Some(TOKEN_EXCHANGE) {
+        // RFC 6749 §5.2: a missing parameter is a malformed request; a grant this endpoint does
+        // not implement is `unsupported_grant_type`.
+        let grant_type = get("grant_type")
+            .filter(|g| !g.is_empty())
+            .ok_or_else(|| ApiError::invalid_request("`grant_type` is required"))?;
+        if grant_type != TOKEN_EXCHANGE {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
@@ -147,6 +152,7 @@ pub(super) async fn discovery(
     let policy = state.broker.policy();
     let claims: BTreeSet<&str> = REGISTERED_CLAIMS
         .into_iter()
+        .chain(PROVENANCE_CLAIMS)
         .chain(
             policy
                 .tokens

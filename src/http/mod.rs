@@ -2,7 +2,9 @@
 //! mapping, and response bodies. The only module that knows HTTP.
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -11,8 +13,8 @@ use crate::oidc::token::MAX_TOKEN_BYTES;
 use crate::secret::Secret;
 use crate::startup::AppState;
 
-/// Largest request body read.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Largest request body read: room for a form that carries a token of the largest size taken.
+pub const MAX_BODY_BYTES: usize = MAX_TOKEN_BYTES + 4 * 1024;
 /// Seconds a caller should wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "5";
 
@@ -37,6 +39,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     description: String,
+    /// The methods a 405's `Allow` header lists.
+    allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -49,7 +53,19 @@ impl ApiError {
             status,
             code,
             description: description.into(),
+            allow: None,
         }
+    }
+
+    /// 405, with the route's methods in `Allow` (RFC 9110 §15.5.6).
+    fn method_not_allowed(allow: &'static str) -> Self {
+        let mut error = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            format!("method not allowed: use {allow}"),
+        );
+        error.allow = Some(allow);
+        error
     }
 
     /// 400 `invalid_request`.
@@ -61,7 +77,7 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_token", description)
     }
 
-    /// The response, with `request_id` in the body.
+    /// The response, with `request_id` in the body and in `x-request-id`.
     pub fn into_response(self, request_id: &str) -> Response<Bytes> {
         #[derive(Serialize)]
         struct Body<'a> {
@@ -85,6 +101,10 @@ impl ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
         }
+        if let Some(allow) = self.allow {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        set_request_id(&mut response, request_id);
         response
     }
 }
@@ -94,7 +114,6 @@ impl From<BrokerError> for ApiError {
         use crate::aws::sts::StsError;
         let description = error.to_string();
         match error {
-            BrokerError::InvalidRequest(_) => Self::invalid_request(description),
             BrokerError::InvalidToken(e) if e.is_retryable() => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
@@ -142,14 +161,20 @@ pub async fn handle(
     } else {
         route(state, &request, &meta).await
     };
-    let mut response = match routed {
-        Ok(response) => response,
+    match routed {
+        Ok(mut response) => {
+            set_request_id(&mut response, &meta.request_id);
+            response
+        }
         Err(error) => error.into_response(&meta.request_id),
-    };
-    if let Ok(id) = HeaderValue::from_str(&meta.request_id) {
+    }
+}
+
+/// `x-request-id`, the same id the body of an error and the audit line carry.
+fn set_request_id(response: &mut Response<Bytes>, request_id: &str) {
+    if let Ok(id) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert("x-request-id", id);
     }
-    response
 }
 
 async fn route(
@@ -166,18 +191,10 @@ async fn route(
         (&Method::POST, "/v1/token") => issuer::token(state, request, meta).await,
         (&Method::GET, "/.well-known/openid-configuration") => issuer::discovery(state, meta).await,
         (&Method::GET, "/.well-known/jwks.json") => issuer::jwks(state).await,
-        (
-            _,
-            "/healthz"
-            | "/v1/credentials"
-            | "/v1/token"
-            | "/.well-known/openid-configuration"
-            | "/.well-known/jwks.json",
-        ) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request",
-            "method not allowed",
-        )),
+        (_, "/v1/credentials" | "/v1/token") => Err(ApiError::method_not_allowed("POST")),
+        (_, "/healthz" | "/.well-known/openid-configuration" | "/.well-known/jwks.json") => {
+            Err(ApiError::method_not_allowed("GET"))
+        }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -301,20 +318,29 @@ impl Query {
                         _ => return Err(ApiError::invalid_request("`format` is `json` or `env`")),
                     }
                 }
-                _ => return Err(ApiError::invalid_request("unknown query parameter")),
+                _ => {
+                    return Err(ApiError::invalid_request(format!(
+                        "unknown query parameter `{}` (known: role, duration_seconds, format)",
+                        shortened(&name)
+                    )));
+                }
             }
         }
         Ok(parsed)
     }
 }
 
+/// A caller-chosen name, cut to a length that keeps an error message readable.
+fn shortened(name: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    match name.char_indices().nth(MAX_CHARS) {
+        Some((at, _)) => format!("{}…", &name[..at]),
+        None => name.to_owned(),
+    }
+}
+
 fn json_body(request: &Request<Bytes>) -> Result<JsonBody, ApiError> {
     let body = request.body();
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::invalid_request(format!(
-            "request body exceeds {MAX_BODY_BYTES} bytes"
-        )));
-    }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(JsonBody::default());
     }
@@ -408,8 +434,8 @@ fn credentials_json(issued: &Issued) -> Response<Bytes> {
     json_response(StatusCode::OK, &body)
 }
 
-/// `export` lines for `eval "$(curl …)"`. Values are single-quoted; STS credentials never
-/// contain a quote, and a value that did would be refused rather than break the shell.
+/// `export` lines for `eval "$(curl …)"`. Values are single-quoted; the STS adapter lets only
+/// base64 characters through, so no value can end the quote.
 fn credentials_env(issued: &Issued) -> Response<Bytes> {
     let credentials = &issued.credentials;
     let lines = [
@@ -421,14 +447,6 @@ fn credentials_env(issued: &Issued) -> Response<Bytes> {
         ("AWS_SESSION_TOKEN", credentials.session_token.expose()),
         ("AWS_CREDENTIAL_EXPIRATION", credentials.expiration.as_str()),
     ];
-    if lines.iter().any(|(_, value)| value.contains('\'')) {
-        return ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "server_error",
-            "STS returned unusable credentials",
-        )
-        .into_response("");
-    }
     let text: String = lines
         .iter()
         .map(|(name, value)| format!("export {name}='{value}'\n"))

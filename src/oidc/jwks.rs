@@ -3,13 +3,17 @@
 //! Keys survive warm invocations. A `kid` that is not cached triggers a refetch, at most one per
 //! issuer per cooldown however many requests miss at once (they wait on one lock and share the
 //! result), so unknown `kid`s cannot amplify into fetches. A failed fetch never drops the keys
-//! already cached. Every fetch is capped in time and size and follows no redirect.
+//! already cached, and an answer that is not a usable key set (a proxy's HTML page, `{"keys":[]}`,
+//! two keys under one `kid`) is a failed fetch: anyone can trigger a refetch with a made-up `kid`,
+//! so a garbage answer must not be able to empty the cache. Every fetch is capped in time and
+//! size and follows no redirect.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -68,9 +72,18 @@ struct IssuerKeys {
     fetch: Mutex<FetchState>,
 }
 
+/// One published key, with the algorithm its JWK binds it to (`alg`), if any.
+#[derive(Clone)]
+pub struct CachedKey {
+    /// The key, parsed once when the set was fetched.
+    pub key: Arc<DecodingKey>,
+    /// The JWK's `alg`: when set, the key verifies tokens of that algorithm only.
+    pub algorithm: Option<Algorithm>,
+}
+
 #[derive(Default)]
 struct KeySet {
-    by_kid: HashMap<String, Arc<DecodingKey>>,
+    by_kid: HashMap<String, CachedKey>,
     fetched_at: Option<Instant>,
 }
 
@@ -126,7 +139,7 @@ impl JwksCache {
     }
 
     /// The key `kid` of issuer `iss` (which the verifier already matched against the policy).
-    pub async fn key(&self, iss: &str, kid: &str) -> Result<Arc<DecodingKey>, KeyError> {
+    pub async fn key(&self, iss: &str, kid: &str) -> Result<CachedKey, KeyError> {
         let issuer = self.issuers.get(iss).ok_or(KeyError::UnknownKid)?;
         if let Some(key) = issuer.fresh_key(kid, self.settings.max_age) {
             return Ok(key);
@@ -161,7 +174,7 @@ impl FetchState {
 }
 
 impl IssuerKeys {
-    fn cached_key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
+    fn cached_key(&self, kid: &str) -> Option<CachedKey> {
         self.keys
             .read()
             .expect("key set lock")
@@ -170,7 +183,7 @@ impl IssuerKeys {
             .cloned()
     }
 
-    fn fresh_key(&self, kid: &str, max_age: Duration) -> Option<Arc<DecodingKey>> {
+    fn fresh_key(&self, kid: &str, max_age: Duration) -> Option<CachedKey> {
         let keys = self.keys.read().expect("key set lock");
         let fresh = keys.fetched_at.is_some_and(|at| at.elapsed() < max_age);
         fresh.then(|| keys.by_kid.get(kid).cloned()).flatten()
@@ -183,9 +196,11 @@ impl IssuerKeys {
         state: &mut FetchState,
     ) {
         state.last_attempt = Some(Instant::now());
-        match fetch(client, &self.jwks_url, settings.max_bytes).await {
-            Ok(body) => {
-                let by_kid = usable_keys(&body, &self.algorithms);
+        let fetched = fetch(client, &self.jwks_url, settings.max_bytes)
+            .await
+            .and_then(|body| usable_keys(&body, &self.algorithms));
+        match fetched {
+            Ok(by_kid) => {
                 tracing::info!(jwks_url = %self.jwks_url, keys = by_kid.len(), "fetched JWKS");
                 *self.keys.write().expect("key set lock") = KeySet {
                     by_kid,
@@ -234,27 +249,45 @@ fn describe(error: &reqwest::Error) -> String {
 
 /// The keys of a JWKS document that can verify tokens with the issuer's pinned algorithms.
 /// Entries that do not parse, have no `kid`, are for encryption or for another algorithm are
-/// skipped one by one, so one odd key does not take the others down.
-fn usable_keys(body: &[u8], algorithms: &[Algorithm]) -> HashMap<String, Arc<DecodingKey>> {
+/// skipped one by one, so one odd key does not take the others down. A body that is not a key
+/// set, has no usable key, or names one `kid` twice (which key would verify?) is refused whole.
+fn usable_keys(
+    body: &[u8],
+    algorithms: &[Algorithm],
+) -> Result<HashMap<String, CachedKey>, String> {
     #[derive(Deserialize)]
     struct Document {
         keys: Vec<serde_json::Value>,
     }
-    let Ok(document) = serde_json::from_slice::<Document>(body) else {
-        tracing::warn!("JWKS is not a JSON key set");
-        return HashMap::new();
-    };
-    document
+    let document = serde_json::from_slice::<Document>(body)
+        .map_err(|_| "the answer is not a JSON key set".to_owned())?;
+    let mut seen = HashSet::new();
+    for kid in document.keys.iter().filter_map(|k| k.get("kid")?.as_str()) {
+        if !seen.insert(kid) {
+            return Err(format!("the key set names kid {kid:?} twice"));
+        }
+    }
+    let by_kid: HashMap<String, CachedKey> = document
         .keys
         .into_iter()
         .filter_map(|value| serde_json::from_value::<Jwk>(value).ok())
         .filter(|jwk| fits(jwk, algorithms))
         .filter_map(|jwk| {
             let kid = jwk.common.key_id.clone()?;
-            let key = DecodingKey::from_jwk(&jwk).ok()?;
-            Some((kid, Arc::new(key)))
+            let key = Arc::new(DecodingKey::from_jwk(&jwk).ok()?);
+            let algorithm = jwk.common.key_algorithm.and_then(signing_algorithm);
+            Some((kid, CachedKey { key, algorithm }))
         })
-        .collect()
+        .collect();
+    if by_kid.is_empty() {
+        return Err("the key set has no key usable with the pinned algorithms".into());
+    }
+    Ok(by_kid)
+}
+
+/// The JWS algorithm a JWK's `alg` names, when it names a signing one.
+fn signing_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
+    Algorithm::from_str(&format!("{alg:?}")).ok()
 }
 
 fn fits(jwk: &Jwk, algorithms: &[Algorithm]) -> bool {
@@ -280,9 +313,7 @@ fn fits(jwk: &Jwk, algorithms: &[Algorithm]) -> bool {
     };
     let alg_ok = match jwk.common.key_algorithm {
         None => true,
-        Some(alg) => algorithms
-            .iter()
-            .any(|a| format!("{a:?}") == format!("{alg:?}")),
+        Some(alg) => signing_algorithm(alg).is_some_and(|alg| algorithms.contains(&alg)),
     };
     family_ok && alg_ok
 }

@@ -39,8 +39,9 @@ pub enum VerifyError {
     NotYetValid,
     #[error("the token's `iat` is in the future")]
     IssuedInFuture,
-    #[error("the token's `aud` does not include this broker's audience {0:?}")]
-    Audience(String),
+    /// The expected audience is not told: a caller learns only that theirs is wrong.
+    #[error("the token's `aud` does not include this broker's audience")]
+    Audience,
     #[error("the token has no `{0}` claim: it is not a GitLab CI job token")]
     MissingClaim(String),
     #[error("the token's `{0}` claim has the wrong type or form")]
@@ -93,9 +94,7 @@ impl Verifier {
     pub async fn verify(&self, token: &Secret) -> Result<VerifiedToken, VerifyError> {
         let token = token.expose();
         token::check_shape(token).map_err(VerifyError::Malformed)?;
-        if token::header_has_duplicates(token) {
-            return Err(VerifyError::Malformed("the token header repeats a member"));
-        }
+        token::check_header(token).map_err(VerifyError::Malformed)?;
         let header = decode_header(token)
             .map_err(|_| VerifyError::Malformed("the token header is not a JWS header"))?;
         let iss = token::unverified_issuer(token).map_err(VerifyError::Malformed)?;
@@ -121,11 +120,19 @@ impl Verifier {
             .filter(|k| !k.is_empty() && k.len() <= token::MAX_KID_CHARS)
             .ok_or(VerifyError::NoKid)?;
         let key = self.keys.key(&issuer.url, kid).await?;
-        let object =
-            decode::<token::UniqueObject>(token, &key, &self.validation(&issuer.url, header.alg))
-                .map_err(|e| self.map_error(e.into_kind()))?
-                .claims
-                .0;
+        // A JWK that names its `alg` is bound to it (RFC 7517 §4.4): an RS256 key must not verify
+        // a PS256 token just because both are pinned for the issuer.
+        if key.algorithm.is_some_and(|alg| alg != header.alg) {
+            return Err(VerifyError::Algorithm);
+        }
+        let object = decode::<token::UniqueObject>(
+            token,
+            &key.key,
+            &self.validation(&issuer.url, header.alg),
+        )
+        .map_err(|e| self.map_error(e.into_kind()))?
+        .claims
+        .0;
         self.check_claims(&issuer.url, object)
     }
 
@@ -144,7 +151,7 @@ impl Verifier {
             ErrorKind::InvalidSignature => VerifyError::Signature,
             ErrorKind::ExpiredSignature => VerifyError::Expired,
             ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
-            ErrorKind::InvalidAudience => VerifyError::Audience(self.audience.clone()),
+            ErrorKind::InvalidAudience => VerifyError::Audience,
             ErrorKind::InvalidIssuer => VerifyError::UntrustedIssuer,
             ErrorKind::InvalidAlgorithm => VerifyError::Algorithm,
             ErrorKind::MissingRequiredClaim(claim) => VerifyError::MissingClaim(claim),

@@ -10,8 +10,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
-/// Longest token accepted; GitLab's are about 1.5 KiB.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Longest token accepted. GitLab's are about 1.5 KiB, but one that lists 200 groups in
+/// `groups_direct` (GitLab's cap) reaches 11-14 KiB, and must still be taken.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Longest `kid` accepted; GitLab's are 43-character thumbprints.
 pub const MAX_KID_CHARS: usize = 128;
 
@@ -81,15 +82,21 @@ impl<'de> Deserialize<'de> for UniqueObject {
     }
 }
 
-/// Whether a header's raw JSON repeats a member name (`alg` twice, say).
-pub fn header_has_duplicates(token: &str) -> bool {
-    let Some(header) = token.split('.').next() else {
-        return true;
-    };
-    let Ok(bytes) = URL_SAFE_NO_PAD.decode(header) else {
-        return true;
-    };
-    serde_json::from_slice::<UniqueObject>(&bytes).is_err()
+/// Checks that the header is a JSON object that names each member once (`alg` twice would mean
+/// whatever the last parser to read it chose), saying which of the two it is not.
+pub fn check_header(token: &str) -> Result<(), &'static str> {
+    let header = token.split('.').next().unwrap_or("");
+    let bytes = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| "the token header is not base64url")?;
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|_| "the token header is not JSON")?;
+    if !value.is_object() {
+        return Err("the token header is not a JSON object");
+    }
+    serde_json::from_slice::<UniqueObject>(&bytes)
+        .map(|_| ())
+        .map_err(|_| "the token header repeats a member")
 }
 
 #[cfg(test)]
@@ -116,14 +123,27 @@ mod tests {
         let ok: UniqueObject = serde_json::from_str(r#"{"aud":"x","sub":"y"}"#).unwrap();
         assert_eq!(ok.0.len(), 2);
         assert!(serde_json::from_str::<UniqueObject>(r#"{"aud":"x","aud":"y"}"#).is_err());
-        assert!(header_has_duplicates(&format!(
-            "{}.x.y",
-            b64(r#"{"alg":"RS256","alg":"none"}"#)
-        )));
-        assert!(!header_has_duplicates(&format!(
-            "{}.x.y",
-            b64(r#"{"alg":"RS256","kid":"k"}"#)
-        )));
+    }
+
+    #[test]
+    fn a_header_is_told_apart_as_not_json_not_an_object_or_repeating_a_member() {
+        let cases = [
+            (r#"{"alg":"RS256","kid":"k"}"#, Ok(())),
+            (
+                r#"{"alg":"RS256","alg":"none"}"#,
+                Err("the token header repeats a member"),
+            ),
+            ("not json", Err("the token header is not JSON")),
+            (r#"{"alg":"RS256""#, Err("the token header is not JSON")),
+            (r#"["alg"]"#, Err("the token header is not a JSON object")),
+        ];
+        for (header, expected) in cases {
+            assert_eq!(
+                check_header(&format!("{}.x.y", b64(header))),
+                expected,
+                "{header}"
+            );
+        }
     }
 
     #[test]

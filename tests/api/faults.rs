@@ -106,11 +106,37 @@ async fn sts_faults_end_in_bounded_503s_and_leave_no_task_behind() {
 }
 
 #[tokio::test]
-async fn a_jwks_endpoint_that_is_slow_huge_or_garbage_is_a_bounded_503_without_cached_keys() {
+async fn credentials_sts_sends_with_shell_syntax_are_refused_in_every_format() {
+    let sts = LocalSts::start_on("127.0.0.1:0").await;
+    sts.set_mode(StsMode::MalformedCredentials);
+    let app = spawn_app_full(
+        LocalIssuer::start().await,
+        POLICY,
+        Settings::default(),
+        &stand_in_sdk(&sts),
+    )
+    .await;
+    let (token, _) = app.token(json!({}));
+    for format in ["json", "env"] {
+        let response = app
+            .credentials(&token, &format!("role=read-only&format={format}"))
+            .await;
+        assert!(response.headers().get("retry-after").is_none(), "{format}");
+        let body = app
+            .assert_error(response, 502, "server_error", "MalformedCredentials")
+            .await;
+        assert!(!body.to_string().contains("FwoG"), "{format}: {body}");
+    }
+    assert_eq!(sts.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_jwks_endpoint_that_is_slow_huge_garbage_or_empty_is_a_bounded_503_without_cached_keys() {
     for mode in [
         Mode::Slow(Duration::from_secs(30)),
         Mode::Huge(10 * 1024 * 1024),
         Mode::Garbage,
+        Mode::EmptyKeys,
         Mode::Down,
     ] {
         let issuer = LocalIssuer::start().await;
@@ -130,12 +156,10 @@ async fn a_jwks_endpoint_that_is_slow_huge_or_garbage_is_a_bounded_503_without_c
         );
         let (token, _) = app.token(json!({}));
         let response = app.credentials(&token, "role=read-only").await;
-        let expected = if matches!(mode, Mode::Garbage) {
-            401
-        } else {
-            503
-        };
-        assert_eq!(response.status(), expected, "{mode:?}");
+        // An answer that is not a usable key set is a failed fetch, not a verdict on the token.
+        assert_eq!(response.headers()["retry-after"], "5", "{mode:?}");
+        app.assert_error(response, 503, "temporarily_unavailable", "keys")
+            .await;
     }
 }
 

@@ -258,6 +258,10 @@ impl TestApp {
         needle: &str,
     ) -> Value {
         assert_eq!(response.status().as_u16(), status);
+        let header_id = response
+            .headers()
+            .get("x-request-id")
+            .map(|id| id.to_str().unwrap().to_owned());
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"], code, "{body}");
         let description = body["error_description"].as_str().unwrap_or_default();
@@ -265,6 +269,11 @@ impl TestApp {
         assert!(
             body["request_id"].as_str().is_some_and(|id| !id.is_empty()),
             "{body}"
+        );
+        assert_eq!(
+            header_id.as_deref(),
+            body["request_id"].as_str(),
+            "the body's request_id is the x-request-id header's"
         );
         body
     }
@@ -352,38 +361,4 @@ pub async fn recorded_session_names() -> Vec<String> {
                 .flatten()
         })
         .collect()
-}
-
-/// The `job_id` claim of every token KMS `Sign` was asked to sign. KMS signs the JWS signing
-/// input `base64url(header).base64url(claims)`, so a test whose token grant copies `job_id` can
-/// tell its own signatures from those of tests running in parallel.
-pub async fn recorded_kms_signed_job_ids() -> Vec<String> {
-    recorded_requests()
-        .await
-        .into_iter()
-        .filter(|(target, _)| target == "TrentService.Sign")
-        .filter_map(|(_, body)| {
-            let request: Value = serde_json::from_slice(&body).ok()?;
-            let message = base64::engine::general_purpose::STANDARD
-                .decode(request["Message"].as_str()?)
-                .ok()?;
-            let input = String::from_utf8(message).ok()?;
-            let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(input.split('.').nth(1)?)
-                .ok()?;
-            let claims: Value = serde_json::from_slice(&claims).ok()?;
-            claims["job_id"].as_str().map(str::to_owned)
-        })
-        .collect()
-}
-
-/// How many KMS `Sign` calls signed a token for job `job_id` (see
-/// [`recorded_kms_signed_job_ids`]: the token grant must copy `job_id`).
-pub async fn recorded_kms_signs(job_id: u64) -> usize {
-    let job_id = job_id.to_string();
-    recorded_kms_signed_job_ids()
-        .await
-        .iter()
-        .filter(|id| **id == job_id)
-        .count()
 }

@@ -220,7 +220,7 @@ async fn in_lambda_the_issuer_is_the_function_url_domain() {
     );
 }
 
-/// A Function URL passes bodies of up to 6 MB; every route refuses more than 16 KiB before
+/// A Function URL passes bodies of up to 6 MB; every route refuses more than 20 KiB before
 /// parsing, so a huge form cannot eat the function's time.
 #[tokio::test]
 async fn in_lambda_a_huge_body_is_refused_on_every_route() {
@@ -242,7 +242,7 @@ async fn in_lambda_a_huge_body_is_refused_on_every_route() {
             body_json(&response)["error_description"]
                 .as_str()
                 .unwrap()
-                .contains("16384")
+                .contains("20480")
         );
         assert!(
             started.elapsed() < std::time::Duration::from_millis(500),

@@ -2,11 +2,13 @@
 
 mod attacks;
 mod credentials;
+mod fail_safe;
 mod faults;
 mod helpers;
 mod job_scripts;
 mod lambda;
 mod requests;
 mod sts_errors;
+mod subject;
 mod token;
 mod verification;

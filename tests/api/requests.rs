@@ -132,8 +132,8 @@ async fn malformed_and_oversized_requests_are_400s() {
         ),
         (
             "application/json",
-            format!(r#"{{"role":"{}"}}"#, "a".repeat(20_000)).into_bytes(),
-            "exceeds 16384",
+            format!(r#"{{"role":"{}"}}"#, "a".repeat(21_000)).into_bytes(),
+            "exceeds 20480",
         ),
     ];
     for (content_type, body, needle) in bodies {
@@ -175,9 +175,9 @@ async fn malformed_and_oversized_requests_are_400s() {
 #[tokio::test]
 async fn an_oversized_token_is_refused_before_it_is_parsed() {
     let app = spawn_app().await;
-    let (claims, _) = app.claims(json!({"padding": "x".repeat(9000)}));
+    let (claims, _) = app.claims(json!({"padding": "x".repeat(17_000)}));
     let token = app.issuer.mint(&claims);
     let response = app.credentials(&token, "role=read-only").await;
-    app.assert_error(response, 400, "invalid_request", "8192")
+    app.assert_error(response, 400, "invalid_request", "16384")
         .await;
 }

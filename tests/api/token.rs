@@ -119,7 +119,15 @@ async fn an_rsa_signed_token_verifies_with_the_published_key_and_carries_the_cla
     );
 
     let issued = verify_like_a_relying_party(&app, &token, "sts.amazonaws.com").await;
-    assert_eq!(issued["sub"], claims["sub"], "sub keeps GitLab's format");
+    // The broker's own sub, on the instance's host and numeric ids; GitLab's is provenance.
+    let host =
+        token_broker::policy::subject::escape(app.issuer.url().trim_start_matches("http://"));
+    assert_eq!(
+        issued["sub"],
+        format!("{host}:project_id:4242:ref_type:branch:ref:main")
+    );
+    assert_eq!(issued["gitlab_sub"], claims["sub"]);
+    assert_eq!(issued["gitlab_iss"], claims["iss"]);
     assert_eq!(issued["iss"], app.address);
     assert_eq!(issued["aud"], "sts.amazonaws.com");
     assert_eq!(

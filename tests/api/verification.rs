@@ -298,34 +298,61 @@ async fn a_rotated_key_is_picked_up_after_the_cooldown() {
     assert_eq!(app.issuer.jwks_requests(), 2);
 }
 
+/// Each fault gets its own broker, so no failure backoff from an earlier fault hides the next
+/// one: the start-up fetch succeeds, then a token with a made-up `kid` (what anyone can send)
+/// makes the broker refetch from the misbehaving endpoint. That fetch fails, whatever the
+/// endpoint answered, so the caller with the made-up kid gets a retryable 503, the genuine job
+/// still gets credentials from the cached key, and the failure backoff keeps a second made-up
+/// kid from fetching again.
 #[tokio::test]
 async fn cached_keys_keep_working_when_the_jwks_endpoint_fails() {
     let settings = Settings {
         jwks: token_broker::oidc::JwksSettings {
             cooldown: Duration::ZERO,
-            max_age: Duration::ZERO,
+            timeout: Duration::from_millis(500),
             ..Default::default()
         },
         ..Default::default()
     };
-    let app = spawn_app_with(POLICY, settings).await;
     for mode in [
         Mode::Down,
         Mode::Garbage,
+        Mode::EmptyKeys,
+        Mode::DuplicateKid,
         Mode::Huge(200_000),
         Mode::Slow(Duration::from_secs(5)),
     ] {
+        let app = spawn_app_with(POLICY, settings.clone()).await;
+        assert_eq!(app.issuer.jwks_requests(), 1, "{mode:?}: start-up fetch");
         app.issuer.set_mode(mode);
-        let (token, _) = app.token(json!({}));
+        let (claims, _) = app.claims(json!({}));
+        let made_up = |kid: &str| {
+            app.issuer
+                .mint_with_header(&json!({"alg": "RS256", "typ": "JWT", "kid": kid}), &claims)
+        };
         let started = std::time::Instant::now();
-        assert_eq!(
-            app.credentials(&token, "role=read-only").await.status(),
-            200,
-            "{mode:?}"
-        );
+        let response = app
+            .credentials(&made_up("made-up-1"), "role=read-only")
+            .await;
         assert!(
-            started.elapsed() < Duration::from_secs(4),
+            started.elapsed() < Duration::from_secs(2),
             "{mode:?}: the fetch is time-capped"
+        );
+        assert_eq!(response.headers()["retry-after"], "5", "{mode:?}");
+        app.assert_error(response, 503, "temporarily_unavailable", "keys")
+            .await;
+        assert_eq!(app.issuer.jwks_requests(), 2, "{mode:?}: one refetch");
+        let (token, _) = app.token(json!({}));
+        let response = app.credentials(&token, "role=read-only").await;
+        assert_eq!(response.status(), 200, "{mode:?}: cached keys survive");
+        let response = app
+            .credentials(&made_up("made-up-2"), "role=read-only")
+            .await;
+        assert_eq!(response.status(), 503, "{mode:?}");
+        assert_eq!(
+            app.issuer.jwks_requests(),
+            2,
+            "{mode:?}: the failure backoff holds"
         );
     }
 }
@@ -371,5 +398,27 @@ async fn a_thousand_concurrent_requests_with_a_new_kid_cause_one_jwks_fetch() {
         app.issuer.jwks_requests(),
         2,
         "one start-up fetch and one for the new kid"
+    );
+}
+
+/// An issuer pinned to RS256 and PS256 publishes an RSA key with `"alg": "RS256"`: that key must
+/// not verify a PS256 token, though PS256 is pinned and the signature is the key's own.
+#[tokio::test]
+async fn a_key_whose_jwk_names_its_alg_verifies_only_that_alg() {
+    let policy = POLICY.replace(
+        "url = \"{issuer}\"",
+        "url = \"{issuer}\"\nalgorithms = [\"RS256\", \"PS256\"]",
+    );
+    let app = spawn_app_with(&policy, Settings::default()).await;
+    let (claims, _) = app.claims(json!({}));
+    let response = app
+        .credentials(&app.issuer.mint_ps256(&claims), "role=read-only")
+        .await;
+    app.assert_error(response, 401, "invalid_token", "algorithm")
+        .await;
+    let (token, _) = app.token(json!({}));
+    assert_eq!(
+        app.credentials(&token, "role=read-only").await.status(),
+        200
     );
 }

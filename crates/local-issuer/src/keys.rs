@@ -2,7 +2,7 @@
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
-use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
+use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256, RSA_PSS_SHA256, RsaEncoding};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
@@ -54,22 +54,36 @@ impl SigningKey {
 
     /// An RS256 signature over `input`.
     pub fn sign(&self, input: &[u8]) -> Vec<u8> {
+        self.sign_with(&RSA_PKCS1_SHA256, input)
+    }
+
+    fn sign_with(&self, encoding: &'static dyn RsaEncoding, input: &[u8]) -> Vec<u8> {
         let mut signature = vec![0; self.pair.public_modulus_len()];
         self.pair
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                input,
-                &mut signature,
-            )
+            .sign(encoding, &SystemRandom::new(), input, &mut signature)
             .expect("RSA signing");
         signature
     }
 
     /// A compact JWS with exactly this `header` and `claims`, signed RS256 by this key.
     pub fn mint(&self, header: &Value, claims: &Value) -> String {
+        self.mint_with(&RSA_PKCS1_SHA256, header, claims)
+    }
+
+    /// Like [`mint`](Self::mint), signed PS256 (RSASSA-PSS with SHA-256) by the same key: what
+    /// a key published with `"alg": "RS256"` must not verify.
+    pub fn mint_ps256(&self, header: &Value, claims: &Value) -> String {
+        self.mint_with(&RSA_PSS_SHA256, header, claims)
+    }
+
+    fn mint_with(
+        &self,
+        encoding: &'static dyn RsaEncoding,
+        header: &Value,
+        claims: &Value,
+    ) -> String {
         let input = format!("{}.{}", b64_json(header), b64_json(claims));
-        let signature = URL_SAFE_NO_PAD.encode(self.sign(input.as_bytes()));
+        let signature = URL_SAFE_NO_PAD.encode(self.sign_with(encoding, input.as_bytes()));
         format!("{input}.{signature}")
     }
 }

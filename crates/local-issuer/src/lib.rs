@@ -31,8 +31,12 @@ pub enum Mode {
     Slow(Duration),
     /// A valid-looking body of this many bytes.
     Huge(usize),
-    /// `200` with a body that is not JSON.
+    /// `200` with a body that is not JSON (a proxy's HTML error page).
     Garbage,
+    /// `200` with `{"keys":[]}`.
+    EmptyKeys,
+    /// The key set with a second, different key published under the signing key's `kid`.
+    DuplicateKid,
 }
 
 pub(crate) struct Shared {
@@ -139,6 +143,16 @@ impl LocalIssuer {
     /// A token with exactly `header`, signed RS256 by the current key.
     pub fn mint_with_header(&self, header: &Value, claims: &Value) -> String {
         self.with_signing_key(|key| key.mint(header, claims))
+    }
+
+    /// A PS256 token signed by the current key, whose JWK says `"alg": "RS256"`.
+    pub fn mint_ps256(&self, claims: &Value) -> String {
+        self.with_signing_key(|key| {
+            key.mint_ps256(
+                &json!({"alg": "PS256", "typ": "JWT", "kid": key.kid()}),
+                claims,
+            )
+        })
     }
 
     /// `input` (an already encoded `header.payload`) with an RS256 signature by the current key

@@ -38,14 +38,22 @@ async fn jwks(shared: &Shared) -> Response<Full<Bytes>> {
             return json_response(&json!({"keys": [], "padding": padding}));
         }
         Mode::Garbage => return status(StatusCode::OK, "<html>not a key set</html>"),
+        Mode::EmptyKeys => return json_response(&json!({"keys": []})),
+        Mode::DuplicateKid => {}
     }
-    let keys: Vec<Value> = shared
+    let mut keys: Vec<Value> = shared
         .keys
         .read()
         .expect("keys lock")
         .iter()
         .map(|k| k.jwk())
         .collect();
+    if mode == Mode::DuplicateKid
+        && let Some(kid) = keys.last().and_then(|k| k["kid"].as_str())
+    {
+        let impostor = crate::SigningKey::generate().with_kid(kid.to_owned());
+        keys.push(impostor.jwk());
+    }
     json_response(&json!({ "keys": keys }))
 }
 

@@ -28,6 +28,8 @@ pub enum StsMode {
     Slow = 3,
     /// The connection is closed without an answer.
     Reset = 4,
+    /// A 200 whose session token holds shell syntax: a broken or hostile upstream.
+    MalformedCredentials = 5,
 }
 
 struct Shared {
@@ -103,6 +105,13 @@ async fn answer(shared: &Shared) -> Response<Full<Bytes>> {
             tokio::time::sleep(Duration::from_secs(10)).await;
             (StatusCode::OK, ASSUME_ROLE_OK.to_owned())
         }
+        5 => (
+            StatusCode::OK,
+            ASSUME_ROLE_OK.replace(
+                "FwoGZXIvYXdzEXAMPLESESSIONTOKEN",
+                "FwoG'\"$(touch /tmp/pwned)\"",
+            ),
+        ),
         _ => (StatusCode::OK, ASSUME_ROLE_OK.to_owned()),
     };
     serve::response(status, "text/xml", body)

@@ -13,6 +13,7 @@ use crate::file::{LineIndex, RawIssuer, RawPolicy, RawRole, RawRule, RawToken, R
 use crate::names::{MAX_SESSION_POLICY_CHARS, MAX_SESSION_TAGS, RoleArn, SessionTag};
 use crate::{
     Algorithm, Condition, Grant, GrantKind, Issuer, Pattern, Policy, Role, Rule, TokenGrant,
+    subject::SubjectTemplate,
 };
 
 static ROLE_NAME: LazyLock<Regex> =
@@ -258,7 +259,9 @@ fn compile_rules(
 }
 
 /// Claims the broker sets itself in the tokens it issues; a `[token]` cannot copy them.
-const REGISTERED: [&str; 7] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
+pub const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
+/// Where the broker keeps GitLab's own `iss` and `sub` in the tokens it issues.
+pub const PROVENANCE_CLAIMS: [&str; 2] = ["gitlab_iss", "gitlab_sub"];
 
 fn compile_token(
     name: &Spanned<String>,
@@ -290,11 +293,15 @@ fn compile_token(
     let mut claims = Vec::new();
     for claim in &token.claims {
         let name = claim.get_ref();
-        if !CLAIM_NAME.is_match(name) || REGISTERED.contains(&name.as_str()) {
+        let own = REGISTERED_CLAIMS
+            .iter()
+            .chain(&PROVENANCE_CLAIMS)
+            .any(|c| c == name);
+        if !CLAIM_NAME.is_match(name) || own {
             return error_at(
                 claim.span(),
                 format!(
-                    "claims: {name:?} is not a GitLab claim the broker can copy (iss, sub, aud, iat, nbf, exp and jti are its own)"
+                    "claims: {name:?} is not a GitLab claim the broker can copy (iss, sub, aud, iat, nbf, exp, jti, gitlab_iss and gitlab_sub are its own)"
                 ),
             );
         }
@@ -304,12 +311,26 @@ fn compile_token(
         claims.push(name.clone());
     }
     let rules = compile_rules(&token.allow, context)?;
+    let subject = match &token.subject {
+        Some(source) => SubjectTemplate::parse(source.get_ref())
+            .or_else(|e| error_at(source.span(), format!("subject {e}")))?,
+        None => SubjectTemplate::default_for(requires(&rules, "environment")),
+    };
     Ok(TokenGrant {
         grant: Grant::new(GrantKind::Token, name.get_ref().clone(), rules),
         audience: audience.clone(),
         max_ttl,
         claims,
+        subject,
     })
+}
+
+/// Whether every rule has a condition on `claim` (so every token allowed carries it).
+fn requires(rules: &[Rule], claim: &str) -> bool {
+    !rules.is_empty()
+        && rules
+            .iter()
+            .all(|rule| rule.conditions.iter().any(|c| c.claim == claim))
 }
 
 /// `"1h"`, `"90m"`, `"3600s"` or `"3600"`, between 15 minutes and 12 hours (STS's limits).

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::{Claims, Grant, GrantKind, Policy, Rule};
+use crate::{Claims, Condition, Grant, GrantKind, Policy, Rule};
 
 /// The outcome for one role or token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,10 +115,26 @@ impl Policy {
     }
 }
 
+const IDS: [&str; 2] = ["project_id", "namespace_id"];
+const PATHS: [&str; 2] = ["project_path", "namespace_path"];
+
+impl Policy {
+    /// Whether any rule of any role or token names the caller's project: a rule for the caller's
+    /// issuer whose `project_id` or `namespace_id` condition holds for it, or, for a rule that
+    /// pins no id (`allow_path_only`), whose path conditions all hold. A caller from a project no
+    /// rule names is told nothing about the policy's roles and rules: anyone on gitlab.com can
+    /// mint a token with the broker's audience, and must not learn the policy by asking.
+    pub fn admits_project(&self, claims: &Claims) -> bool {
+        self.grants()
+            .any(|grant| grant.candidates(claims).any(|rule| rule.names(claims)))
+    }
+}
+
 impl Grant {
-    /// The first matching rule allows; otherwise the closest rule explains the denial.
-    pub fn decide(&self, claims: &Claims) -> Decision {
-        let candidates: Box<dyn Iterator<Item = &Rule>> = match &self.index {
+    /// The rules for the caller's issuer that can match its claims, in file order: all of them,
+    /// or for an indexed grant those the index finds for its project or namespace.
+    fn candidates<'a>(&'a self, claims: &'a Claims) -> Box<dyn Iterator<Item = &'a Rule> + 'a> {
+        let rules: Box<dyn Iterator<Item = &Rule>> = match &self.index {
             Some(index) => Box::new(
                 index
                     .candidates(claims)
@@ -127,8 +143,13 @@ impl Grant {
             ),
             None => Box::new(self.rules.iter()),
         };
+        Box::new(rules.filter(|rule| rule.issuer == claims.issuer()))
+    }
+
+    /// The first matching rule allows; otherwise the closest rule explains the denial.
+    pub fn decide(&self, claims: &Claims) -> Decision {
         let mut closest: Option<RuleFailure> = None;
-        for rule in candidates.filter(|rule| rule.issuer == claims.issuer()) {
+        for rule in self.candidates(claims) {
             match rule.evaluate(claims) {
                 None => return Decision::Allow { rule: rule.number },
                 Some(failure)
@@ -167,6 +188,22 @@ impl Grant {
 }
 
 impl Rule {
+    /// Whether the rule is about the caller's project (see [`Policy::admits_project`]).
+    fn names(&self, claims: &Claims) -> bool {
+        let mut ids = self.conditions_on(&IDS).peekable();
+        if ids.peek().is_some() {
+            return ids.any(|c| c.matches(claims.get(&c.claim)));
+        }
+        self.conditions_on(&PATHS)
+            .all(|c| c.matches(claims.get(&c.claim)))
+    }
+
+    fn conditions_on<'a>(&'a self, names: &'a [&str]) -> impl Iterator<Item = &'a Condition> {
+        self.conditions
+            .iter()
+            .filter(move |c| names.contains(&c.claim.as_str()))
+    }
+
     /// `None` when every condition holds, else the first failing one and how many failed.
     pub fn evaluate(&self, claims: &Claims) -> Option<RuleFailure> {
         let mut failed = self
@@ -180,5 +217,78 @@ impl Rule {
             value: claims.get(&first.claim).map(str::to_owned),
             failed_conditions: 1 + failed.count(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::{Claims, parse};
+
+    const GITLAB: &str = "https://gitlab.example.com";
+
+    /// A role pinned to a project, a token pinned to a namespace, and a path-only rule.
+    const POLICY: &str = r#"
+audience = "https://token-broker.example.com"
+
+[[issuer]]
+url = "https://gitlab.example.com"
+
+[role.deploy]
+arn = "arn:aws:iam::123456789012:role/deploy"
+
+[[role.deploy.allow]]
+project_id = "4242"
+ref_type = "branch"
+ref = "main"
+
+[token.aws]
+audience = "sts.amazonaws.com"
+
+[[token.aws.allow]]
+namespace_id = "72"
+project_path = "acme/*"
+
+[role.docs]
+arn = "arn:aws:iam::123456789012:role/docs"
+
+[[role.docs.allow]]
+project_path = "docs/site"
+allow_path_only = true
+"#;
+
+    #[test]
+    fn a_project_is_admitted_only_where_a_rule_names_its_identity() {
+        let policy = parse(Path::new("p.toml"), POLICY, &|_| Err("no files".into())).unwrap();
+        let cases = [
+            // project_id pinned by `deploy`, whatever the ref: admitted (told precise reasons).
+            (GITLAB, "4242", "1", "other/web", true),
+            // namespace 72 with a path under acme/: admitted by the token grant.
+            (GITLAB, "9", "72", "acme/api", true),
+            // namespace 72 is named, whatever the path: the caller is told which claim failed.
+            (GITLAB, "9", "72", "evil/api", true),
+            // a path-only rule names its project by path.
+            (GITLAB, "5", "6", "docs/site", true),
+            // nothing names project 5 in namespace 6 at another path.
+            (GITLAB, "5", "6", "docs/other", false),
+            // the right ids from an issuer no rule accepts.
+            ("https://gitlab.com", "4242", "72", "acme/web", false),
+        ];
+        for (issuer, project_id, namespace_id, project_path, admitted) in cases {
+            let claims = Claims::from_pairs(
+                issuer,
+                [
+                    ("project_id", project_id),
+                    ("namespace_id", namespace_id),
+                    ("project_path", project_path),
+                ],
+            );
+            assert_eq!(
+                policy.admits_project(&claims),
+                admitted,
+                "{issuer} {project_id} {namespace_id} {project_path}"
+            );
+        }
     }
 }

@@ -59,6 +59,7 @@ pub(crate) struct RawToken {
     pub max_ttl: Option<Spanned<String>>,
     #[serde(default)]
     pub claims: Vec<Spanned<String>>,
+    pub subject: Option<Spanned<String>>,
     #[serde(default)]
     pub allow: Vec<Spanned<RawRule>>,
 }

@@ -13,12 +13,13 @@ mod glob;
 mod index;
 pub mod lint;
 pub mod names;
+pub mod subject;
 #[cfg(test)]
 mod tests;
 
 use std::time::Duration;
 
-pub use compile::check_url;
+pub use compile::{PROVENANCE_CLAIMS, REGISTERED_CLAIMS, check_url};
 pub use decide::{Decision, Denial, RuleFailure};
 pub use file::{PolicyError, load, parse};
 pub use glob::Pattern;
@@ -129,8 +130,11 @@ pub struct TokenGrant {
     pub audience: String,
     /// Longest lifetime; default 15 min, never past the GitLab token's `exp`.
     pub max_ttl: Duration,
-    /// Verified GitLab claims copied into the token (besides `sub`).
+    /// Verified GitLab claims copied into the token.
     pub claims: Vec<String>,
+    /// The token's `sub`; default [`subject::DEFAULT_SUBJECT`], plus the environment when every
+    /// rule requires one.
+    pub subject: subject::SubjectTemplate,
 }
 
 /// A conjunction of conditions, tied to one issuer.
