@@ -118,7 +118,7 @@ fn verify(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         ));
         let policy = compile(&issuer);
         let verifier = Verifier::new(
-            &policy,
+            policy,
             std::time::Duration::from_secs(60),
             Default::default(),
         );
@@ -138,7 +138,7 @@ fn plan_and_exchange(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let issuer = rt.block_on(LocalIssuer::start());
     let policy = compile(&issuer);
     let verifier = Verifier::new(
-        &policy,
+        policy.clone(),
         std::time::Duration::from_secs(60),
         Default::default(),
     );

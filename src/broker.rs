@@ -1,26 +1,21 @@
-//! The use case, as named steps: verify the GitLab token, decide from the policy, plan the STS
-//! call (every input checked), assume the role, and write one audit line for the decision.
+//! The use case, as named steps: verify the GitLab token, decide from the policy, then either
+//! plan the STS call (every input checked) and assume the role, or build the claims of a token
+//! and have KMS sign it; one audit line for every request, whatever happened.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::aws::names::{SessionName, SessionTag, SourceIdentity};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
 use crate::aws::kms::{Kms, KmsError};
+use crate::aws::names::{SessionDuration, SessionName, SessionTag, SourceIdentity};
 use crate::aws::sts::{AssumeRole, Credentials, Sts, StsError};
 use crate::oidc::{VerifiedToken, Verifier, VerifyError, now_secs};
-use crate::policy::{Decision, Policy, Role, TokenGrant};
+use crate::policy::{Denial, Policy, Role, TokenGrant};
 use crate::secret::Secret;
-
-/// STS's shortest session.
-pub const MIN_SESSION_SECS: u64 = 900;
 
 /// What a caller asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialsRequest {
-    /// Policy role name.
+    /// The role by its policy name, already checked by `RoleName::parse`.
     pub role: String,
     /// Wanted session length; default and cap: the role's `max_duration`.
     pub duration_seconds: Option<u64>,
@@ -29,21 +24,29 @@ pub struct CredentialsRequest {
 /// Credentials handed out, with what was decided.
 #[derive(Debug, Clone)]
 pub struct Issued {
+    /// What STS answered.
     pub credentials: Credentials,
+    /// The policy role they are for.
     pub role: String,
+    /// `gitlab-<project_id>-<job_id>`, as CloudTrail shows it.
     pub session_name: String,
+    /// The session length asked of STS, after every cap.
     pub duration_seconds: i32,
 }
 
 /// Why the exchange failed; `http` maps each to a status.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// The GitLab token failed a check, or its issuer's keys could not be had.
     #[error(transparent)]
     InvalidToken(#[from] VerifyError),
+    /// The caller is verified but gets nothing.
     #[error(transparent)]
     AccessDenied(#[from] Refusal),
+    /// AssumeRole failed.
     #[error(transparent)]
     Sts(#[from] StsError),
+    /// KMS could not give its public key or sign.
     #[error(transparent)]
     Kms(#[from] KmsError),
     /// This broker has no signing key, so it issues no tokens.
@@ -54,16 +57,46 @@ pub enum BrokerError {
 /// What a caller from a project that no rule of the policy names is told, whatever was asked.
 pub const NOTHING_ADMITTED: &str = "the policy admits nothing for this project";
 
-/// A denial: the full reason, which the audit log always gets, and whether the caller may be
-/// told it. A caller from a project the policy admits somewhere learns which role and claim
-/// failed (their own values only); any other caller learns nothing about roles or rules.
+/// Why a verified caller gets nothing. The audit log always gets the full reason; the caller
+/// only when their project is one the policy admits somewhere (their own values only), so
+/// nobody else can learn which roles exist or what their rules require.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{}", if *.disclosed { .reason.as_str() } else { NOTHING_ADMITTED })]
-pub struct Refusal {
-    /// Why, in terms of the caller's own claims.
-    pub reason: String,
-    /// Whether the reason may go back to the caller.
-    pub disclosed: bool,
+pub enum Refusal {
+    /// No rule of the role or token grant admits the caller.
+    #[error("{}", if *.disclosed { .denial.to_string() } else { NOTHING_ADMITTED.to_owned() })]
+    Policy {
+        /// The policy's structured answer: which grant, which rule came closest, which claim.
+        denial: Denial,
+        /// Whether the caller may be told `denial`.
+        disclosed: bool,
+    },
+    /// A rule admitted the caller, but one of their claims cannot go into the STS call or the
+    /// token (STS would refuse it); told to the caller, since their project is admitted.
+    #[error("claim {claim:?} {why}")]
+    Claim {
+        /// The claim at fault.
+        claim: String,
+        /// What is wrong with its value.
+        why: String,
+    },
+}
+
+impl Refusal {
+    /// The full reason, for the audit log.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Policy { denial, .. } => denial.to_string(),
+            Self::Claim { .. } => self.to_string(),
+        }
+    }
+
+    /// The claim that failed, when one did, for the audit log.
+    pub fn claim(&self) -> Option<&str> {
+        match self {
+            Self::Policy { denial, .. } => denial.claim(),
+            Self::Claim { claim, .. } => Some(claim),
+        }
+    }
 }
 
 /// A token the broker issued.
@@ -104,99 +137,65 @@ impl Broker {
         &self.policy
     }
 
-    /// Exchanges a GitLab ID token for a broker-signed token for `audience` (RFC 8693), issued
-    /// as `issuer`.
-    pub async fn token(
-        &self,
-        subject: &Secret,
-        audience: &str,
-        issuer: &str,
-        request_id: &str,
-    ) -> Result<IssuedToken, BrokerError> {
-        let kms = self.kms.as_ref().ok_or(BrokerError::NoSigningKey)?;
-        let verified = match self.verifier.verify(subject).await {
-            Ok(verified) => verified,
-            Err(error) => {
-                audit_rejected(request_id, Target::Audience(audience), &error);
-                return Err(error.into());
-            }
-        };
-        let outcome = self.mint(kms, &verified, audience, issuer).await;
-        let decided = outcome.as_ref().map(|(_, rule)| *rule);
-        audit(request_id, &verified, Target::Audience(audience), decided);
-        outcome.map(|(issued, _)| issued)
-    }
-
-    async fn mint(
-        &self,
-        kms: &Kms,
-        verified: &VerifiedToken,
-        audience: &str,
-        issuer: &str,
-    ) -> Result<(IssuedToken, usize), BrokerError> {
-        let rule = match self.policy.decide_token(audience, &verified.claims) {
-            Decision::Allow { rule } => rule,
-            Decision::Deny(denial) => return Err(self.refuse(verified, denial.to_string())),
-        };
-        let grant = self
-            .policy
-            .token_for(audience)
-            .expect("an allowed token exists");
-        let keys = kms.keys().await?;
-        let now = now_secs();
-        let claims = token_claims(grant, verified, issuer, now)?;
-        let expires_in = claims["exp"].as_u64().unwrap_or(now).saturating_sub(now);
-        let header = serde_json::json!({"alg": keys.active.algorithm.jws(), "typ": "JWT", "kid": keys.active.kid});
-        let input = format!("{}.{}", b64_json(&header), b64_json(&claims));
-        let signature = kms.sign(&keys.active, input.as_bytes()).await?;
-        let token = Secret::new(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)));
-        Ok((IssuedToken { token, expires_in }, rule))
-    }
-
-    /// A denial, told to the caller only if the policy admits their project somewhere.
-    fn refuse(&self, verified: &VerifiedToken, reason: String) -> BrokerError {
-        let disclosed = self.policy.admits_project(&verified.claims);
-        Refusal { reason, disclosed }.into()
-    }
-
     /// The token verifier, for start-up prefetching.
     pub fn verifier(&self) -> &Verifier {
         &self.verifier
     }
 
-    /// Exchanges a GitLab ID token for credentials of `request.role`.
+    /// Exchanges a GitLab ID token for credentials of `request.role`:
+    /// verify → decide → plan → assume role → audit.
     pub async fn credentials(
         &self,
         token: &Secret,
         request: &CredentialsRequest,
         request_id: &str,
     ) -> Result<Issued, BrokerError> {
-        let verified = match self.verifier.verify(token).await {
-            Ok(verified) => verified,
-            Err(error) => {
-                audit_rejected(request_id, Target::Role(&request.role), &error);
-                return Err(error.into());
-            }
-        };
-        let outcome = self.exchange(&verified, request).await;
-        let decided = outcome.as_ref().map(|(_, rule)| *rule);
-        audit(request_id, &verified, Target::Role(&request.role), decided);
-        outcome.map(|(issued, _)| issued)
+        let target = Target::Role(&request.role);
+        let verified = self.verify(token, request_id, target).await?;
+        let outcome = self.assume(&verified, request).await;
+        audited(request_id, &verified, target, outcome)
     }
 
-    async fn exchange(
+    /// Exchanges a GitLab ID token for a broker-signed token for `audience` (RFC 8693), issued
+    /// as `issuer`: verify → decide → build claims → sign → audit.
+    pub async fn token(
+        &self,
+        token: &Secret,
+        audience: &str,
+        issuer: &str,
+        request_id: &str,
+    ) -> Result<IssuedToken, BrokerError> {
+        let kms = self.kms.as_ref().ok_or(BrokerError::NoSigningKey)?;
+        let target = Target::Audience(audience);
+        let verified = self.verify(token, request_id, target).await?;
+        let outcome = self.mint(kms, &verified, audience, issuer).await;
+        audited(request_id, &verified, target, outcome)
+    }
+
+    /// Step 1: the token's signature and claims; a rejection is audited here, since no later
+    /// step runs.
+    async fn verify(
+        &self,
+        token: &Secret,
+        request_id: &str,
+        target: Target<'_>,
+    ) -> Result<VerifiedToken, BrokerError> {
+        self.verifier.verify(token).await.map_err(|error| {
+            audit_rejected(request_id, target, &error);
+            error.into()
+        })
+    }
+
+    /// Steps 2–4 for credentials: the role that admits the caller, the STS input, the call.
+    async fn assume(
         &self,
         verified: &VerifiedToken,
         request: &CredentialsRequest,
     ) -> Result<(Issued, usize), BrokerError> {
-        let rule = match self.policy.decide(&request.role, &verified.claims) {
-            Decision::Allow { rule } => rule,
-            Decision::Deny(denial) => return Err(self.refuse(verified, denial.to_string())),
-        };
-        let role = self
-            .policy
-            .role(&request.role)
-            .expect("an allowed role exists");
+        let admitted = tracing::info_span!("decide")
+            .in_scope(|| self.policy.decide(&request.role, &verified.claims))
+            .map_err(|denial| self.refuse(verified, denial))?;
+        let role = admitted.grant;
         let cap = self.sts.session_cap().await;
         let input = plan(role, verified, request.duration_seconds, cap, now_secs())?;
         let credentials = self.sts.assume_role(&input).await?;
@@ -206,7 +205,31 @@ impl Broker {
             session_name: input.session_name.as_str().to_owned(),
             duration_seconds: input.duration_seconds,
         };
-        Ok((issued, rule))
+        Ok((issued, admitted.rule))
+    }
+
+    /// Steps 2–4 for a token: the grant that admits the caller, its claims, KMS's signature.
+    async fn mint(
+        &self,
+        kms: &Kms,
+        verified: &VerifiedToken,
+        audience: &str,
+        issuer: &str,
+    ) -> Result<(IssuedToken, usize), BrokerError> {
+        let admitted = tracing::info_span!("decide")
+            .in_scope(|| self.policy.decide_token(audience, &verified.claims))
+            .map_err(|denial| self.refuse(verified, denial))?;
+        let now = now_secs();
+        let claims = token_claims(admitted.grant, verified, issuer, now)?;
+        let expires_in = claims["exp"].as_u64().unwrap_or(now).saturating_sub(now);
+        let token = kms.sign_jwt(&claims).await?;
+        Ok((IssuedToken { token, expires_in }, admitted.rule))
+    }
+
+    /// A denial, told to the caller only if the policy admits their project somewhere.
+    fn refuse(&self, verified: &VerifiedToken, denial: Denial) -> BrokerError {
+        let disclosed = self.policy.admits_project(&verified.claims);
+        Refusal::Policy { denial, disclosed }.into()
     }
 }
 
@@ -245,13 +268,10 @@ pub fn token_claims(
     Ok(serde_json::Value::Object(claims))
 }
 
-fn b64_json(value: &serde_json::Value) -> String {
-    URL_SAFE_NO_PAD.encode(value.to_string())
-}
-
 /// Builds the AssumeRole input for an allowed job. Refuses (403, naming the claim) any session
 /// tag value STS would not take, rather than rewriting it. `cap` is STS's own limit on the
 /// session (role chaining), below the role's `max_duration`.
+#[tracing::instrument(skip_all)]
 pub fn plan(
     role: &Role,
     verified: &VerifiedToken,
@@ -261,7 +281,12 @@ pub fn plan(
 ) -> Result<AssumeRole, BrokerError> {
     let claims = &verified.claims;
     let session_name = SessionName::for_job(claims.field("project_id"), claims.field("job_id"))
-        .map_err(disclosed)?;
+        .map_err(|_| {
+            denied_claim(
+                "job_id",
+                "and project_id do not make a valid RoleSessionName",
+            )
+        })?;
     let source_identity = source_identity(claims)?;
     let max = cap.map_or(role.max_duration, |cap| cap.min(role.max_duration));
     let tags = role
@@ -306,24 +331,21 @@ fn session_tag(claims: &crate::Claims, claim: &str) -> Result<SessionTag, Broker
     let value = claims
         .get(claim)
         .ok_or_else(|| denied_claim(claim, "is missing but the role passes it as a session tag"))?;
-    let key = SessionTag::key_for_claim(claim).map_err(disclosed)?;
+    let key = SessionTag::key_for_claim(claim)
+        .map_err(|_| denied_claim(claim, "does not make a legal session tag key"))?;
     SessionTag::new(key, value).map_err(|why| denied_claim(claim, &why))
 }
 
+/// A refusal after a rule admitted the caller: their project is admitted, so they are told why.
 fn denied_claim(claim: &str, why: &str) -> BrokerError {
-    disclosed(format!("claim {claim:?} {why}"))
-}
-
-/// A denial after a rule allowed the caller: their project is admitted, so they are told why.
-fn disclosed(reason: String) -> BrokerError {
-    Refusal {
-        reason,
-        disclosed: true,
+    Refusal::Claim {
+        claim: claim.to_owned(),
+        why: why.to_owned(),
     }
     .into()
 }
 
-/// min(requested, role max, time left on the token), but never under STS's 900 s minimum.
+/// min(requested, role max, time left on the token), but never under STS's minimum.
 pub fn session_seconds(
     requested: Option<u64>,
     role_max: Duration,
@@ -336,7 +358,7 @@ pub fn session_seconds(
         .unwrap_or(role_max)
         .min(role_max)
         .min(left)
-        .max(MIN_SESSION_SECS);
+        .max(SessionDuration::MIN.as_secs());
     i32::try_from(seconds).unwrap_or(i32::MAX)
 }
 
@@ -370,6 +392,22 @@ fn audit_rejected(request_id: &str, target: Target<'_>, error: &VerifyError) {
     );
 }
 
+/// Writes the audit line of a verified request and hands back its result without the rule.
+fn audited<T>(
+    request_id: &str,
+    verified: &VerifiedToken,
+    target: Target<'_>,
+    outcome: Result<(T, usize), BrokerError>,
+) -> Result<T, BrokerError> {
+    audit(
+        request_id,
+        verified,
+        target,
+        outcome.as_ref().map(|(_, rule)| *rule),
+    );
+    outcome.map(|(issued, _)| issued)
+}
+
 /// One line per decision: who asked (the verified job), for what, and what was decided.
 fn audit(
     request_id: &str,
@@ -378,10 +416,12 @@ fn audit(
     outcome: Result<usize, &BrokerError>,
 ) {
     let claims = &verified.claims;
-    let (result, rule, reason) = match outcome {
-        Ok(rule) => ("allow", Some(rule), String::new()),
-        Err(BrokerError::AccessDenied(refusal)) => ("deny", None, refusal.reason.clone()),
-        Err(error) => ("error", None, error.to_string()),
+    let (result, rule, reason, claim) = match outcome {
+        Ok(rule) => ("allow", Some(rule), String::new(), None),
+        Err(BrokerError::AccessDenied(refusal)) => {
+            ("deny", None, refusal.reason(), refusal.claim())
+        }
+        Err(error) => ("error", None, error.to_string(), None),
     };
     let (role, audience) = target.names();
     tracing::info!(
@@ -399,6 +439,7 @@ fn audit(
         rule,
         outcome = result,
         reason = %reason,
+        claim,
         "decision"
     );
 }

@@ -34,7 +34,7 @@ impl AppState {
     /// request to retry.
     pub async fn assemble(policy: Policy, settings: &Settings, sts: Sts, kms: Option<Kms>) -> Self {
         let policy = Arc::new(policy);
-        let verifier = Verifier::new(&policy, settings.leeway, settings.jwks.clone());
+        let verifier = Verifier::new(policy.clone(), settings.leeway, settings.jwks.clone());
         let kms_keys = async {
             if let Some(kms) = &kms
                 && let Err(error) = kms.keys().await

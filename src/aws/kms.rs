@@ -1,5 +1,6 @@
 //! The broker's signing keys in KMS: public keys (fetched once per process, then cached) as a
-//! JWK set, and JWS signatures made by KMS `Sign` with the active key, which never leaves KMS.
+//! JWK set, and compact JWS tokens signed by KMS `Sign` with the active key, which never leaves
+//! KMS.
 //! Errors are reduced to their code, like STS's, and split into retryable and not.
 
 use std::sync::Arc;
@@ -9,10 +10,13 @@ use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
-use serde_json::Value;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 use super::jwk::{KeyAlgorithm, ecdsa_der_to_jose, spki_to_jwk, thumbprint};
+use crate::secret::Secret;
 
 /// A KMS failure, by error code only (KMS messages name key ARNs).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,7 +58,8 @@ pub struct KeySet {
     pub all: Vec<PublicKey>,
 }
 
-/// The KMS adapter.
+/// The signing key (and retired keys still published) behind one KMS client; holds the public
+/// keys once fetched.
 pub struct Kms {
     client: aws_sdk_kms::Client,
     active: String,
@@ -119,10 +124,25 @@ impl Kms {
         })
     }
 
+    /// `claims` as a compact JWS (RFC 7515 §7.1) signed by the active key: a header of the
+    /// key's `alg`, `typ: JWT` and its `kid`, then `header.payload.signature`, each base64url.
+    #[tracing::instrument(skip_all)]
+    pub async fn sign_jwt(&self, claims: &Value) -> Result<Secret, KmsError> {
+        let keys = self.keys().await?;
+        let key = &keys.active;
+        let header = json!({"alg": key.algorithm.jws(), "typ": "JWT", "kid": key.kid});
+        let input = format!("{}.{}", base64url_json(&header), base64url_json(claims));
+        let signature = self.sign(key, input.as_bytes()).await?;
+        Ok(Secret::new(format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(signature)
+        )))
+    }
+
     /// Signs a JWS signing input (`header.payload`) with `key` and returns the JWS signature.
     /// KMS signs a `RAW` message of at most 4 KiB but a digest of anything, so the input is
     /// hashed here: a token's size never matters to KMS.
-    pub async fn sign(&self, key: &PublicKey, input: &[u8]) -> Result<Vec<u8>, KmsError> {
+    async fn sign(&self, key: &PublicKey, input: &[u8]) -> Result<Vec<u8>, KmsError> {
         let digest = digest::digest(&digest::SHA256, input);
         let output = self
             .client
@@ -140,6 +160,10 @@ impl Kms {
             .into_inner();
         jws_signature(key.algorithm, signature)
     }
+}
+
+fn base64url_json(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(value.to_string())
 }
 
 /// KMS's name for the algorithm; both hash with SHA-256, the digest [`Kms::sign`] sends.

@@ -92,6 +92,7 @@ impl Sts {
     }
 
     /// Sends AssumeRole and checks that the answer holds usable credentials.
+    #[tracing::instrument(skip_all, fields(role_arn = input.role_arn.as_str()))]
     pub async fn assume_role(&self, input: &AssumeRole) -> Result<Credentials, StsError> {
         let tags = input
             .tags

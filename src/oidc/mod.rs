@@ -5,6 +5,7 @@
 pub mod jwks;
 pub mod token;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -68,20 +69,20 @@ pub struct VerifiedToken {
 
 /// Verifies tokens against the policy's issuers and audience.
 pub struct Verifier {
-    audience: String,
-    issuers: Vec<crate::policy::Issuer>,
+    policy: Arc<Policy>,
     leeway: Duration,
     keys: JwksCache,
 }
 
 impl Verifier {
-    /// A verifier for `policy`'s issuers; `leeway` applies to `exp`, `nbf` and `iat`.
-    pub fn new(policy: &Policy, leeway: Duration, settings: JwksSettings) -> Self {
+    /// A verifier for `policy`'s issuers and audience; `leeway` applies to `exp`, `nbf` and
+    /// `iat`.
+    pub fn new(policy: impl Into<Arc<Policy>>, leeway: Duration, settings: JwksSettings) -> Self {
+        let policy = policy.into();
         Self {
-            audience: policy.audience.clone(),
-            issuers: policy.issuers.clone(),
-            leeway,
             keys: JwksCache::new(&policy.issuers, settings),
+            policy,
+            leeway,
         }
     }
 
@@ -91,6 +92,7 @@ impl Verifier {
     }
 
     /// Verifies `token` and returns its claims.
+    #[tracing::instrument(skip_all)]
     pub async fn verify(&self, token: &Secret) -> Result<VerifiedToken, VerifyError> {
         let token = token.expose();
         token::check_shape(token).map_err(VerifyError::Malformed)?;
@@ -99,9 +101,8 @@ impl Verifier {
             .map_err(|_| VerifyError::Malformed("the token header is not a JWS header"))?;
         let iss = token::unverified_issuer(token).map_err(VerifyError::Malformed)?;
         let issuer = self
-            .issuers
-            .iter()
-            .find(|i| i.url == iss)
+            .policy
+            .issuer(&iss)
             .ok_or(VerifyError::UntrustedIssuer)?;
         if !issuer
             .algorithms
@@ -140,7 +141,7 @@ impl Verifier {
         let mut validation = Validation::new(alg);
         validation.leeway = self.leeway.as_secs();
         validation.set_issuer(&[issuer]);
-        validation.set_audience(&[&self.audience]);
+        validation.set_audience(&[&self.policy.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.validate_nbf = true;
         validation

@@ -128,7 +128,7 @@ fn claims(policy: &Policy, case: &RawCase, base: &Path) -> Result<Claims, String
 
 fn decide(policy: &Policy, case: &RawCase, claims: &Claims) -> Result<Decision, String> {
     match (&case.role, &case.token) {
-        (Some(role), None) => Ok(policy.decide(role, claims)),
+        (Some(role), None) => Ok(policy.decide(role, claims).into()),
         (None, Some(token)) => Ok(
             match policy.tokens.iter().find(|t| &t.grant.name == token) {
                 Some(grant) => grant.grant.decide(claims),

@@ -10,20 +10,20 @@ use std::sync::LazyLock;
 use toml::Spanned;
 
 use crate::file::{LineIndex, RawIssuer, RawPolicy, RawRole, RawRule, RawToken, RawValue};
-use crate::names::{MAX_SESSION_POLICY_CHARS, MAX_SESSION_TAGS, RoleArn, SessionTag};
+use crate::names::{
+    MAX_SESSION_POLICY_CHARS, MAX_SESSION_TAGS, RoleArn, RoleName, SessionDuration, SessionTag,
+};
 use crate::{
     Algorithm, Condition, Grant, GrantKind, Issuer, Pattern, Policy, Role, Rule, TokenGrant,
     subject::SubjectTemplate,
 };
 
-static ROLE_NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$").expect("static regex"));
 static CLAIM_NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^(?:[a-z_][a-z0-9_]{0,63})$").expect("static regex"));
 
 const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(3600);
-const MIN_DURATION: Duration = Duration::from_secs(900);
-const MAX_DURATION: Duration = Duration::from_secs(12 * 3600);
+const MIN_DURATION: Duration = SessionDuration::MIN.as_duration();
+const MAX_DURATION: Duration = SessionDuration::MAX.as_duration();
 const DEFAULT_MAX_TTL: Duration = Duration::from_secs(15 * 60);
 const MIN_TTL: Duration = Duration::from_secs(60);
 
@@ -215,15 +215,7 @@ fn compile_role(
     context: &Context<'_>,
     read: &dyn Fn(&str) -> Result<String, String>,
 ) -> Result<Role, CompileError> {
-    if !ROLE_NAME.is_match(name.get_ref()) {
-        return error_at(
-            name.span(),
-            format!(
-                "role name {:?} must be 1-64 of A-Z a-z 0-9 _ . - and start with a letter or digit",
-                name.get_ref()
-            ),
-        );
-    }
+    RoleName::parse(name.get_ref()).or_else(|e| error_at(name.span(), format!("role name {e}")))?;
     let role = raw.get_ref();
     let arn = RoleArn::parse(role.arn.get_ref()).or_else(|e| error_at(role.arn.span(), e))?;
     let max_duration = match &role.max_duration {
@@ -268,15 +260,8 @@ fn compile_token(
     raw: &Spanned<RawToken>,
     context: &Context<'_>,
 ) -> Result<TokenGrant, CompileError> {
-    if !ROLE_NAME.is_match(name.get_ref()) {
-        return error_at(
-            name.span(),
-            format!(
-                "token name {:?} must be 1-64 of A-Z a-z 0-9 _ . -",
-                name.get_ref()
-            ),
-        );
-    }
+    RoleName::parse(name.get_ref())
+        .or_else(|e| error_at(name.span(), format!("token name {e}")))?;
     let token = raw.get_ref();
     let audience = token.audience.get_ref();
     if audience.trim().is_empty() || audience.len() > 512 {
@@ -449,7 +434,7 @@ fn compile_rule(
             "a rule needs at least one claim condition (an empty rule would allow every job)",
         );
     }
-    let (line, _) = context.lines.line_column(raw.span().start);
+    let line = context.lines.line(raw.span().start);
     Ok(Rule {
         number,
         line,

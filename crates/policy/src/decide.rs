@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::{Claims, Condition, Grant, GrantKind, Policy, Rule};
+use crate::{Claims, Condition, Grant, GrantKind, Policy, Role, Rule, TokenGrant};
 
 /// The outcome for one role or token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,27 +91,54 @@ impl Denial {
     }
 }
 
+/// The role or token grant that admitted a caller, and which of its rules did (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted<'p, G> {
+    /// What the caller may now have: the role to assume or the token to issue.
+    pub grant: &'p G,
+    /// The rule that matched, for the audit line.
+    pub rule: usize,
+}
+
 impl Policy {
-    /// Decides whether `claims` may assume `role`. Deny by default.
-    pub fn decide(&self, role: &str, claims: &Claims) -> Decision {
-        match self.role(role) {
-            Some(role) => role.grant.decide(claims),
-            None => Decision::Deny(Denial::Unknown {
-                kind: GrantKind::Role,
-                name: role.to_owned(),
-            }),
-        }
+    /// Decides whether `claims` may assume `role`, and hands back the role if so. Deny by
+    /// default.
+    pub fn decide(&self, role: &str, claims: &Claims) -> Result<Admitted<'_, Role>, Denial> {
+        let found = self.role(role).ok_or_else(|| Denial::Unknown {
+            kind: GrantKind::Role,
+            name: role.to_owned(),
+        })?;
+        admitted(found, found.grant.decide(claims))
     }
 
-    /// Decides whether `claims` may get a token for `audience`. Deny by default.
-    pub fn decide_token(&self, audience: &str, claims: &Claims) -> Decision {
-        match self.token_for(audience) {
-            Some(token) => token.grant.decide(claims),
-            None => Decision::Deny(Denial::Unknown {
-                kind: GrantKind::Token,
-                name: audience.to_owned(),
-            }),
-        }
+    /// Decides whether `claims` may get a token for `audience`, and hands back the token grant
+    /// if so. Deny by default.
+    pub fn decide_token(
+        &self,
+        audience: &str,
+        claims: &Claims,
+    ) -> Result<Admitted<'_, TokenGrant>, Denial> {
+        let found = self.token_for(audience).ok_or_else(|| Denial::Unknown {
+            kind: GrantKind::Token,
+            name: audience.to_owned(),
+        })?;
+        admitted(found, found.grant.decide(claims))
+    }
+}
+
+/// The rule-level outcome, for reports (`policy explain`, `policy test`) that need no grant.
+impl<G> From<Result<Admitted<'_, G>, Denial>> for Decision {
+    fn from(result: Result<Admitted<'_, G>, Denial>) -> Self {
+        result.map_or_else(Decision::Deny, |admitted| Decision::Allow {
+            rule: admitted.rule,
+        })
+    }
+}
+
+fn admitted<G>(grant: &G, decision: Decision) -> Result<Admitted<'_, G>, Denial> {
+    match decision {
+        Decision::Allow { rule } => Ok(Admitted { grant, rule }),
+        Decision::Deny(denial) => Err(denial),
     }
 }
 

@@ -192,10 +192,10 @@ impl LineIndex {
         Self { starts }
     }
 
-    /// 1-based line of a byte offset.
-    pub(crate) fn line_column(&self, offset: usize) -> (usize, usize) {
-        let line = self.starts.partition_point(|start| *start <= offset);
-        (line, offset - self.starts[line - 1] + 1)
+    /// 1-based line of a byte offset: a binary search, for compiling many rules of one file
+    /// ([`line_column`] scans the text, which is fine for the one error a parse reports).
+    pub(crate) fn line(&self, offset: usize) -> usize {
+        self.starts.partition_point(|start| *start <= offset)
     }
 }
 

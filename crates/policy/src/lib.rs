@@ -20,7 +20,7 @@ mod tests;
 use std::time::Duration;
 
 pub use compile::{PROVENANCE_CLAIMS, REGISTERED_CLAIMS, check_url};
-pub use decide::{Decision, Denial, RuleFailure};
+pub use decide::{Admitted, Decision, Denial, RuleFailure};
 pub use file::{PolicyError, load, parse};
 pub use glob::Pattern;
 

@@ -3,6 +3,7 @@
 //! against the limits in the AssumeRole API reference.
 
 use std::fmt;
+use std::time::Duration;
 
 use regex::Regex;
 use std::sync::LazyLock;
@@ -17,6 +18,10 @@ static SESSION_CHARS: LazyLock<Regex> =
 // Tag keys and values: Unicode letters, digits, white space and `_ . : / = + - @`.
 static TAG_CHARS: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^(?:[\p{L}\p{Z}\p{N}_.:/=+\-@]*)$").expect("static regex"));
+
+// A role (or token grant) name: what a caller may put in `?role=`, so no glob and no path.
+static ROLE_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$").expect("static regex"));
 
 /// Most session tags one AssumeRole call may carry.
 pub const MAX_SESSION_TAGS: usize = 50;
@@ -48,6 +53,71 @@ impl RoleArn {
 impl fmt::Display for RoleArn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// The name of a role or token grant: 1 to 64 of `A-Z a-z 0-9 _ . -`, starting with a letter or
+/// digit. The policy's names and a caller's `role` parameter go through this one check, so a
+/// caller can never name something the policy could not define (a glob, a path, a blank).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RoleName(String);
+
+impl RoleName {
+    /// Checks the name; the error says which names are legal.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if ROLE_NAME.is_match(name) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!(
+                "{name:?} must be 1-64 of A-Z a-z 0-9 _ . - and start with a letter or digit"
+            ))
+        }
+    }
+
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A session length AssumeRole accepts: 15 minutes to 12 hours. A role's `max_duration`, a
+/// caller's `duration_seconds` and the floor under every session are this one range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SessionDuration(Duration);
+
+impl SessionDuration {
+    /// STS's shortest session.
+    pub const MIN: Self = Self(Duration::from_secs(900));
+    /// STS's longest session (and the most a role's `MaxSessionDuration` can allow).
+    pub const MAX: Self = Self(Duration::from_secs(12 * 3600));
+
+    /// `duration` when STS accepts it; the error gives the range in seconds.
+    pub fn parse(duration: Duration) -> Result<Self, String> {
+        if (Self::MIN.0..=Self::MAX.0).contains(&duration) {
+            Ok(Self(duration))
+        } else {
+            Err(format!(
+                "must be between {} and {} seconds",
+                Self::MIN.as_secs(),
+                Self::MAX.as_secs()
+            ))
+        }
+    }
+
+    /// The length, for arithmetic with other durations.
+    pub const fn as_duration(self) -> Duration {
+        self.0
+    }
+
+    /// The length in whole seconds.
+    pub const fn as_secs(self) -> u64 {
+        self.0.as_secs()
     }
 }
 
@@ -208,5 +278,28 @@ mod tests {
         for (value, ok) in cases {
             assert_eq!(SessionTag::new(key.clone(), value).is_ok(), ok, "{value:?}");
         }
+    }
+
+    #[test]
+    fn role_names_are_plain_names_and_durations_are_within_sts_limits() {
+        for name in ["deploy", "a", "web.prod_1-x", &"r".repeat(64)] {
+            assert!(RoleName::parse(name).is_ok(), "{name}");
+        }
+        for name in [
+            "",
+            "-x",
+            ".x",
+            "deploy*",
+            "a/b",
+            "a b",
+            "é",
+            &"r".repeat(65),
+        ] {
+            assert!(RoleName::parse(name).is_err(), "{name:?}");
+        }
+        let secs = |s| SessionDuration::parse(Duration::from_secs(s));
+        assert_eq!(secs(900).map(|d| d.as_secs()), Ok(900));
+        assert_eq!(secs(43_200).map(|d| d.as_secs()), Ok(43_200));
+        assert!(secs(899).is_err() && secs(43_201).is_err() && secs(0).is_err());
     }
 }

@@ -89,6 +89,19 @@ fn the_design_example_compiles_with_its_defaults() {
     assert_eq!(role.grant.rules[1].line, 20);
 }
 
+/// What `Policy::decide` said, as `Grant::decide` says it.
+fn decision<G>(result: Result<Admitted<'_, G>, Denial>) -> Decision {
+    result.into()
+}
+
+#[test]
+fn the_decision_hands_back_the_role_or_token_that_admitted() {
+    let policy = compile(POLICY).unwrap();
+    let admitted = policy.decide("deploy-web-prod", &job(&[])).unwrap();
+    assert_eq!(admitted.grant.grant.name, "deploy-web-prod");
+    assert_eq!(admitted.rule, 1);
+}
+
 #[test]
 fn decisions_follow_the_rules_and_deny_by_default() {
     let policy = compile(POLICY).unwrap();
@@ -148,7 +161,7 @@ fn decisions_follow_the_rules_and_deny_by_default() {
         ("missing", job(&[]), None),
     ];
     for (role, claims, expected) in cases {
-        let decision = policy.decide(role, &claims);
+        let decision = decision(policy.decide(role, &claims));
         match expected {
             Some(allowed) => assert_eq!(decision, allowed, "{role} {claims:?}"),
             None => assert!(
@@ -162,7 +175,8 @@ fn decisions_follow_the_rules_and_deny_by_default() {
 #[test]
 fn a_denial_names_the_failing_claim_of_the_closest_rule_only() {
     let policy = compile(POLICY).unwrap();
-    let Decision::Deny(denial) = policy.decide("deploy-web-prod", &job(&[("ref", "feature")]))
+    let Decision::Deny(denial) =
+        decision(policy.decide("deploy-web-prod", &job(&[("ref", "feature")])))
     else {
         panic!("should deny");
     };
@@ -174,7 +188,8 @@ fn a_denial_names_the_failing_claim_of_the_closest_rule_only() {
         !denial.to_string().contains("main"),
         "must not reveal the expected value"
     );
-    let Decision::Deny(denial) = policy.decide("deploy-web-prod", &job(&[("environment", "")]))
+    let Decision::Deny(denial) =
+        decision(policy.decide("deploy-web-prod", &job(&[("environment", "")])))
     else {
         panic!("should deny");
     };
@@ -218,7 +233,7 @@ fn a_rule_only_accepts_tokens_of_its_issuer() {
         ],
     );
     assert!(matches!(
-        policy.decide("deploy-web-prod", &from_other),
+        decision(policy.decide("deploy-web-prod", &from_other)),
         Decision::Deny(Denial::NoRuleForIssuer { .. })
     ));
     let nightly_other = Claims::from_pairs(
@@ -226,11 +241,11 @@ fn a_rule_only_accepts_tokens_of_its_issuer() {
         [("project_id", "4242"), ("ref", "release/1")],
     );
     assert_eq!(
-        policy.decide("nightly", &nightly_other),
+        decision(policy.decide("nightly", &nightly_other)),
         Decision::Allow { rule: 1 }
     );
     assert!(matches!(
-        policy.decide("nightly", &job(&[("ref", "release/1")])),
+        decision(policy.decide("nightly", &job(&[("ref", "release/1")]))),
         Decision::Deny(_)
     ));
 }
@@ -401,21 +416,24 @@ fn tokens_compile_with_defaults_and_decide_by_audience() {
         ("https://other.example.com", job(&[]), false),
     ];
     for (audience, claims, allowed) in cases {
-        let decision = policy.decide_token(audience, &claims);
+        let decision = decision(policy.decide_token(audience, &claims));
         assert_eq!(
             matches!(decision, Decision::Allow { .. }),
             allowed,
             "{audience} {claims:?}"
         );
     }
-    let Decision::Deny(denial) = policy.decide_token("https://other.example.com", &job(&[])) else {
+    let Decision::Deny(denial) =
+        decision(policy.decide_token("https://other.example.com", &job(&[])))
+    else {
         panic!()
     };
     assert_eq!(
         denial.to_string(),
         r#"the policy issues no token for audience "https://other.example.com""#
     );
-    let Decision::Deny(denial) = policy.decide_token("sts.amazonaws.com", &job(&[("ref", "dev")]))
+    let Decision::Deny(denial) =
+        decision(policy.decide_token("sts.amazonaws.com", &job(&[("ref", "dev")])))
     else {
         panic!()
     };
