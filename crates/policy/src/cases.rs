@@ -53,6 +53,10 @@ pub struct CaseFailure {
 pub struct Outcome {
     pub passed: usize,
     pub failures: Vec<CaseFailure>,
+    /// Every case's name, in file order (for reports that list passes too).
+    pub names: Vec<String>,
+    /// Every case's claims, in file order (`policy diff` probes them too).
+    pub jobs: Vec<Claims>,
 }
 
 /// Runs the cases in `path` against `policy`. Errors are problems with the file itself.
@@ -67,12 +71,16 @@ pub fn run(policy: &Policy, path: &Path) -> Result<Outcome, String> {
     let mut outcome = Outcome {
         passed: 0,
         failures: Vec::new(),
+        names: Vec::new(),
+        jobs: Vec::new(),
     };
     for case in &file.cases {
         let claims = claims(policy, case, base)
             .map_err(|e| format!("{}: case {:?}: {e}", path.display(), case.name))?;
         let decision = decide(policy, case, &claims)
             .map_err(|e| format!("{}: case {:?}: {e}", path.display(), case.name))?;
+        outcome.names.push(case.name.clone());
+        outcome.jobs.push(claims.clone());
         match check(case, decision) {
             None => outcome.passed += 1,
             Some(problem) => outcome.failures.push(CaseFailure {

@@ -56,6 +56,11 @@ impl Claims {
         self.values.get(name).map(String::as_str)
     }
 
+    /// Every claim with its value, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// A claim that GitLab always sends in a CI token; `""` when absent (only for log fields).
     pub fn field(&self, name: &str) -> &str {
         self.get(name).unwrap_or("")

@@ -14,6 +14,13 @@ pub enum Decision {
     Deny(Denial),
 }
 
+impl Decision {
+    /// Whether a rule matched.
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Self::Allow { .. })
+    }
+}
+
 /// Why a grant was denied, told to the caller in terms of their own claims only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {

@@ -68,6 +68,20 @@ impl Pattern {
     }
 }
 
+impl Pattern {
+    /// A value the pattern matches, for probing what a policy admits (`policy diff`): the text
+    /// itself, or the glob with each wildcard filled in (`*` and `?` by `x`, `**` by `x/x`, a
+    /// class by a member). `None` when no such value is found (a class of `/` alone, say).
+    pub fn sample(&self) -> Option<String> {
+        let Self::Glob { source, regex } = self else {
+            return Some(self.source().to_owned());
+        };
+        let pieces = pieces(source).ok()?;
+        let value: String = pieces.iter().map(Piece::sample).collect::<Option<_>>()?;
+        regex.is_match(&value).then_some(value)
+    }
+}
+
 /// One element of a glob.
 #[derive(Debug)]
 enum Piece {
@@ -94,6 +108,28 @@ impl Piece {
             Self::Star => "[^/]*".into(),
             Self::DoubleStar => "(?s:.*)".into(),
             Self::Class { negated, ranges } => class_regex(*negated, ranges),
+        }
+    }
+
+    /// Some text the piece accepts.
+    fn sample(&self) -> Option<String> {
+        match self {
+            Self::Literal(c) => Some(c.to_string()),
+            Self::One | Self::Star => Some("x".into()),
+            Self::DoubleStar => Some("x/x".into()),
+            Self::Class { negated, ranges } => {
+                let member =
+                    |c: &char| ranges.iter().any(|(start, end)| (start..=end).contains(&c));
+                let pick = if *negated {
+                    "xyzqXYZQ019_-.".chars().find(|c| !member(c))
+                } else {
+                    ranges
+                        .iter()
+                        .flat_map(|&(start, end)| (start..=end).take(2))
+                        .find(|c| *c != '/')
+                };
+                pick.map(String::from)
+            }
         }
     }
 

@@ -2,10 +2,12 @@
 //! at start ([`load`]); afterwards [`Policy::decide`] is pure and allocation-light. Deny by default:
 //! a role is allowed only when one of its rules matches every one of its conditions.
 
+pub mod access;
 pub mod cases;
 pub mod claims;
 mod compile;
 mod decide;
+pub mod diff;
 pub mod explain;
 mod file;
 pub mod gitlab;
@@ -13,6 +15,7 @@ mod glob;
 mod index;
 pub mod lint;
 pub mod names;
+pub mod report;
 pub mod subject;
 #[cfg(test)]
 mod tests;
@@ -51,7 +54,7 @@ pub struct Policy {
 }
 
 /// What a set of rules protects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum GrantKind {
     /// AWS credentials of a role (`/v1/credentials`).
     Role,

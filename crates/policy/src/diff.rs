@@ -1,0 +1,746 @@
+//! The access a policy change adds or removes (`policy diff OLD NEW`): what changed in each role
+//! and token grant, rule by rule and setting by setting, and which decisions come out otherwise
+//! on a set of probe jobs built from both files. A merge request that edits `policy.toml` is an
+//! access review; this is what the reviewer needs to see, widening changes first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{Claims, Grant, GrantKind, Policy, Role, Rule, TokenGrant};
+
+/// Claims every probe set varies, whether or not a rule names them: the ones reviewers reason
+/// about (who, which ref, which environment, how the pipeline started).
+const PROBE_CLAIMS: [&str; 8] = [
+    "project_id",
+    "namespace_id",
+    "ref_type",
+    "ref",
+    "ref_protected",
+    "environment",
+    "environment_protected",
+    "pipeline_source",
+];
+
+/// Values tried for a claim in addition to those the files mention, so that dropping a
+/// condition shows up as a decision that changes.
+const FIXED_SAMPLES: [(&str, &[&str]); 3] = [
+    ("ref_type", &["branch", "tag"]),
+    ("ref_protected", &["true", "false"]),
+    ("environment_protected", &["true", "false"]),
+];
+
+/// Most decision changes the text and Markdown reports list (JSON lists all).
+const SHOWN_DECISIONS: usize = 40;
+
+/// Everything that differs between two policies.
+#[derive(Debug, Clone, Default)]
+pub struct Delta {
+    /// Per grant: added, removed or changed rules and settings; widening ones first.
+    pub changes: Vec<Change>,
+    /// Probe jobs whose decision differs; newly allowed first.
+    pub decisions: Vec<DecisionChange>,
+}
+
+/// One difference in one role or token grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub kind: GrantKind,
+    /// The role's or token grant's name.
+    pub grant: String,
+    pub what: What,
+    /// Whether it can admit a job, or hand out something, that the old policy did not.
+    pub widening: bool,
+}
+
+/// What changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    /// The grant is new, with these rules.
+    GrantAdded {
+        rules: Vec<RuleText>,
+    },
+    /// The grant is gone, with these rules.
+    GrantRemoved {
+        rules: Vec<RuleText>,
+    },
+    RuleAdded(RuleText),
+    RuleRemoved(RuleText),
+    RuleChanged {
+        before: RuleText,
+        after: RuleText,
+    },
+    /// A setting of the grant (`arn`, `max_duration`, `session_policy`, …).
+    Setting {
+        name: &'static str,
+        before: String,
+        after: String,
+    },
+}
+
+/// A rule as a reviewer reads it: its number, its line, and its conditions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleText {
+    pub number: usize,
+    pub line: usize,
+    /// `project_id = "4242", ref = "main" | "release-*"`, in the file's order.
+    pub text: String,
+}
+
+/// A probe job whose decision for one grant differs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionChange {
+    /// `project 4242 · branch main (protected) · env production`.
+    pub probe: String,
+    pub kind: GrantKind,
+    pub grant: String,
+    /// Allowed by the old policy.
+    pub before: bool,
+    /// Allowed by the new policy.
+    pub after: bool,
+}
+
+impl Delta {
+    /// Nothing differs.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.decisions.is_empty()
+    }
+
+    /// Some change can admit or hand out more than before.
+    pub fn widens(&self) -> bool {
+        self.changes.iter().any(|c| c.widening) || self.decisions.iter().any(|d| d.after)
+    }
+}
+
+/// The delta from `old` to `new`; `cases` are extra probe jobs (`policy.tests.toml`'s).
+pub fn diff(old: &Policy, new: &Policy, cases: &[Claims]) -> Delta {
+    let mut changes = Vec::new();
+    for (name, before, after) in paired(&old.roles, &new.roles, |r| &r.grant) {
+        grant_changes(
+            &mut changes,
+            GrantKind::Role,
+            name,
+            before.map(|r| &r.grant),
+            after.map(|r| &r.grant),
+        );
+        if let (Some(before), Some(after)) = (before, after) {
+            role_settings(&mut changes, before, after);
+        }
+    }
+    for (name, before, after) in paired(&old.tokens, &new.tokens, |t| &t.grant) {
+        grant_changes(
+            &mut changes,
+            GrantKind::Token,
+            name,
+            before.map(|t| &t.grant),
+            after.map(|t| &t.grant),
+        );
+        if let (Some(before), Some(after)) = (before, after) {
+            token_settings(&mut changes, before, after);
+        }
+    }
+    // Stable: within each group the file's order stays.
+    changes.sort_by_key(|c| !c.widening);
+    let mut decisions = decision_changes(old, new, cases);
+    decisions.sort_by_key(|d| !d.after);
+    Delta { changes, decisions }
+}
+
+/// The grants of both files by name: (name, old, new), old file's order first.
+fn paired<'p, T>(
+    old: &'p [T],
+    new: &'p [T],
+    grant: impl Fn(&T) -> &Grant,
+) -> Vec<(&'p str, Option<&'p T>, Option<&'p T>)> {
+    let find = |list: &'p [T], name: &str| list.iter().find(|g| grant(g).name == name);
+    let mut names: Vec<&str> = old.iter().map(|g| grant(g).name.as_str()).collect();
+    for item in new {
+        let name = grant(item).name.as_str();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| (name, find(old, name), find(new, name)))
+        .collect()
+}
+
+fn grant_changes(
+    changes: &mut Vec<Change>,
+    kind: GrantKind,
+    name: &str,
+    before: Option<&Grant>,
+    after: Option<&Grant>,
+) {
+    let mut push = |what, widening| {
+        changes.push(Change {
+            kind,
+            grant: name.to_owned(),
+            what,
+            widening,
+        })
+    };
+    let texts = |grant: &Grant| grant.rules.iter().map(rule_text).collect::<Vec<_>>();
+    match (before, after) {
+        (None, Some(after)) => push(
+            What::GrantAdded {
+                rules: texts(after),
+            },
+            true,
+        ),
+        (Some(before), None) => push(
+            What::GrantRemoved {
+                rules: texts(before),
+            },
+            false,
+        ),
+        (Some(before), Some(after)) => {
+            // Rules present in both files unchanged (wherever they moved) are no change; the
+            // rest pair up in order as changed rules, and what is left was added or removed.
+            let mut removed: Vec<&Rule> = before.rules.iter().collect();
+            let mut added = Vec::new();
+            for rule in &after.rules {
+                match removed.iter().position(|old| same_rule(old, rule)) {
+                    Some(at) => {
+                        removed.remove(at);
+                    }
+                    None => added.push(rule),
+                }
+            }
+            let paired = removed.len().min(added.len());
+            for (old, new) in removed.iter().zip(&added) {
+                let what = What::RuleChanged {
+                    before: rule_text(old),
+                    after: rule_text(new),
+                };
+                push(what, rule_widens(old, new));
+            }
+            for old in &removed[paired..] {
+                push(What::RuleRemoved(rule_text(old)), false);
+            }
+            for new in &added[paired..] {
+                push(What::RuleAdded(rule_text(new)), true);
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+fn role_settings(changes: &mut Vec<Change>, before: &Role, after: &Role) {
+    let mut push = |name, old: String, new: String, widening| {
+        if old != new {
+            changes.push(Change {
+                kind: GrantKind::Role,
+                grant: after.grant.name.clone(),
+                what: What::Setting {
+                    name,
+                    before: old,
+                    after: new,
+                },
+                widening,
+            });
+        }
+    };
+    // Another role is other access, whatever its name.
+    push("arn", before.arn.to_string(), after.arn.to_string(), true);
+    push(
+        "max_duration",
+        duration(before.max_duration),
+        duration(after.max_duration),
+        after.max_duration > before.max_duration,
+    );
+    push(
+        "session_tags",
+        before.session_tags.join(", "),
+        after.session_tags.join(", "),
+        false,
+    );
+    // A session policy only ever narrows the role: removing or changing it can widen.
+    push(
+        "session_policy",
+        before
+            .session_policy
+            .clone()
+            .unwrap_or_else(|| "none".into()),
+        after
+            .session_policy
+            .clone()
+            .unwrap_or_else(|| "none".into()),
+        before.session_policy.is_some(),
+    );
+}
+
+fn token_settings(changes: &mut Vec<Change>, before: &TokenGrant, after: &TokenGrant) {
+    let mut push = |name, old: String, new: String, widening| {
+        if old != new {
+            changes.push(Change {
+                kind: GrantKind::Token,
+                grant: after.grant.name.clone(),
+                what: What::Setting {
+                    name,
+                    before: old,
+                    after: new,
+                },
+                widening,
+            });
+        }
+    };
+    // A relying party trusts the token by `aud` and `sub`: changing either reaches other trust.
+    push(
+        "audience",
+        before.audience.clone(),
+        after.audience.clone(),
+        true,
+    );
+    push(
+        "subject",
+        before.subject.source().to_owned(),
+        after.subject.source().to_owned(),
+        true,
+    );
+    push(
+        "max_ttl",
+        duration(before.max_ttl),
+        duration(after.max_ttl),
+        after.max_ttl > before.max_ttl,
+    );
+    let added_claims = after.claims.iter().any(|c| !before.claims.contains(c));
+    push(
+        "claims",
+        before.claims.join(", "),
+        after.claims.join(", "),
+        added_claims,
+    );
+}
+
+fn duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// A rule's conditions as sets, so that order in the file does not count as a change.
+fn rule_key(rule: &Rule) -> (String, BTreeMap<&str, BTreeSet<&str>>, bool) {
+    let conditions = rule
+        .conditions
+        .iter()
+        .map(|c| {
+            let patterns = c.patterns.iter().map(|p| p.source()).collect();
+            (c.claim.as_str(), patterns)
+        })
+        .collect();
+    (rule.issuer.clone(), conditions, rule.allow_path_only)
+}
+
+fn same_rule(a: &Rule, b: &Rule) -> bool {
+    rule_key(a) == rule_key(b)
+}
+
+/// Whether `new` may admit a job `old` did not: another issuer, a condition dropped, or a
+/// pattern added to a condition. (A pattern added can also be narrower, say `v1*` beside `v*`;
+/// the decisions on the probe jobs tell which.)
+fn rule_widens(old: &Rule, new: &Rule) -> bool {
+    let (old_issuer, old_conditions, old_waiver) = rule_key(old);
+    let (new_issuer, new_conditions, new_waiver) = rule_key(new);
+    old_issuer != new_issuer
+        || (new_waiver && !old_waiver)
+        || old_conditions.iter().any(|(claim, patterns)| {
+            new_conditions
+                .get(claim)
+                .is_none_or(|new_patterns| !new_patterns.is_subset(patterns))
+        })
+}
+
+/// `project_id = "4242", ref = "main" | "release-*"`.
+pub fn rule_text(rule: &Rule) -> RuleText {
+    let text = rule
+        .conditions
+        .iter()
+        .map(|c| {
+            let values: Vec<String> = c
+                .patterns
+                .iter()
+                .map(|p| format!("{:?}", p.source()))
+                .collect();
+            format!("{} = {}", c.claim, values.join(" | "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    RuleText {
+        number: rule.number,
+        line: rule.line,
+        text,
+    }
+}
+
+/// Every probe job, decided by both policies, where the decision differs.
+fn decision_changes(old: &Policy, new: &Policy, cases: &[Claims]) -> Vec<DecisionChange> {
+    let probes = probes(old, new, cases);
+    let several_issuers = old.issuers.len().max(new.issuers.len()) > 1;
+    let mut changes = Vec::new();
+    let mut seen = BTreeSet::new();
+    let roles = paired(&old.roles, &new.roles, |r| &r.grant);
+    let tokens = paired(&old.tokens, &new.tokens, |t| &t.grant);
+    let grants = roles
+        .iter()
+        .map(|(name, b, a)| {
+            (
+                GrantKind::Role,
+                *name,
+                b.map(|r| &r.grant),
+                a.map(|r| &r.grant),
+            )
+        })
+        .chain(tokens.iter().map(|(name, b, a)| {
+            (
+                GrantKind::Token,
+                *name,
+                b.map(|t| &t.grant),
+                a.map(|t| &t.grant),
+            )
+        }));
+    for (kind, name, before, after) in grants {
+        for probe in &probes {
+            let allows = |grant: Option<&Grant>| grant.is_some_and(|g| g.decide(probe).is_allow());
+            let (was, is) = (allows(before), allows(after));
+            if was == is {
+                continue;
+            }
+            let described = describe(probe, several_issuers);
+            if seen.insert((kind, name, described.clone())) {
+                changes.push(DecisionChange {
+                    probe: described,
+                    kind,
+                    grant: name.to_owned(),
+                    before: was,
+                    after: is,
+                });
+            }
+        }
+    }
+    changes
+}
+
+/// Probe jobs: for every rule of either file, a job that the rule admits, then that job with
+/// one claim at a time set to every other value either file mentions for it (literal values and
+/// a sample of each glob), or left out; plus the `cases`.
+fn probes(old: &Policy, new: &Policy, cases: &[Claims]) -> Vec<Claims> {
+    let rules: Vec<&Rule> = [old, new]
+        .iter()
+        .flat_map(|p| p.grants())
+        .flat_map(|g| &g.rules)
+        .collect();
+    let mut samples: BTreeMap<&str, BTreeSet<String>> = PROBE_CLAIMS
+        .iter()
+        .map(|claim| (*claim, BTreeSet::new()))
+        .collect();
+    for (claim, values) in FIXED_SAMPLES {
+        samples
+            .entry(claim)
+            .or_default()
+            .extend(values.iter().map(|v| v.to_string()));
+    }
+    for rule in &rules {
+        for condition in &rule.conditions {
+            samples
+                .entry(condition.claim.as_str())
+                .or_default()
+                .extend(condition.patterns.iter().filter_map(|p| p.sample()));
+        }
+    }
+    let mut jobs: BTreeSet<(String, BTreeMap<String, String>)> = BTreeSet::new();
+    for rule in &rules {
+        let admitted: BTreeMap<String, String> = rule
+            .conditions
+            .iter()
+            .filter_map(|c| Some((c.claim.clone(), c.patterns.first()?.sample()?)))
+            .collect();
+        jobs.insert((rule.issuer.clone(), admitted.clone()));
+        for (claim, values) in &samples {
+            let mut without = admitted.clone();
+            without.remove(*claim);
+            jobs.insert((rule.issuer.clone(), without));
+            for value in values {
+                let mut varied = admitted.clone();
+                varied.insert(claim.to_string(), value.clone());
+                jobs.insert((rule.issuer.clone(), varied));
+            }
+        }
+    }
+    jobs.into_iter()
+        .map(|(issuer, claims)| {
+            Claims::from_pairs(issuer, claims.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        })
+        .chain(cases.iter().cloned())
+        .collect()
+}
+
+/// `project 4242 · namespace 72 · branch main (protected) · env production (protected)`.
+pub fn describe(job: &Claims, with_issuer: bool) -> String {
+    let mut parts = Vec::new();
+    if with_issuer {
+        parts.push(job.issuer().to_owned());
+    }
+    if let Some(id) = job.get("project_id") {
+        parts.push(format!("project {id}"));
+    }
+    if let Some(id) = job.get("namespace_id") {
+        parts.push(format!("namespace {id}"));
+    }
+    let protected = |claim| match job.get(claim) {
+        Some("true") => " (protected)",
+        Some("false") => " (unprotected)",
+        _ => "",
+    };
+    match (job.get("ref_type"), job.get("ref")) {
+        (Some(kind), Some(name)) => {
+            parts.push(format!("{kind} {name}{}", protected("ref_protected")))
+        }
+        (None, Some(name)) => parts.push(format!("ref {name}{}", protected("ref_protected"))),
+        (Some(kind), None) => parts.push(format!("any {kind}{}", protected("ref_protected"))),
+        (None, None) if job.get("ref_protected").is_some() => {
+            parts.push(format!("any ref{}", protected("ref_protected")))
+        }
+        (None, None) => {}
+    }
+    match job.get("environment") {
+        Some(env) => parts.push(format!("env {env}{}", protected("environment_protected"))),
+        None if job.get("environment_protected").is_some() => {
+            parts.push(format!("any env{}", protected("environment_protected")))
+        }
+        None => {}
+    }
+    const SHOWN: [&str; 7] = [
+        "project_id",
+        "namespace_id",
+        "ref_type",
+        "ref",
+        "ref_protected",
+        "environment",
+        "environment_protected",
+    ];
+    for (claim, value) in job.iter() {
+        if !SHOWN.contains(&claim) {
+            parts.push(format!("{claim} {value}"));
+        }
+    }
+    if parts.is_empty() {
+        "any job".into()
+    } else {
+        parts.join(" · ")
+    }
+}
+
+fn allowed(allow: bool) -> &'static str {
+    if allow { "ALLOW" } else { "deny" }
+}
+
+impl Change {
+    /// One line for a person: `+ role "deploy" rule 2 (line 14): ref = "*"`.
+    fn line(&self) -> String {
+        let grant = format!("{} {:?}", self.kind, self.grant);
+        match &self.what {
+            What::GrantAdded { rules } => format!("{grant} added with {} rule(s)", rules.len()),
+            What::GrantRemoved { rules } => {
+                format!("{grant} removed (had {} rule(s))", rules.len())
+            }
+            What::RuleAdded(rule) => format!(
+                "{grant} rule {} added (line {}): {}",
+                rule.number, rule.line, rule.text
+            ),
+            What::RuleRemoved(rule) => format!(
+                "{grant} rule {} removed (was line {}): {}",
+                rule.number, rule.line, rule.text
+            ),
+            What::RuleChanged { before, after } => format!(
+                "{grant} rule {} changed (line {} → {}): {} → {}",
+                after.number, before.line, after.line, before.text, after.text
+            ),
+            What::Setting {
+                name,
+                before,
+                after,
+            } => format!("{grant} {name}: {before} → {after}"),
+        }
+    }
+
+    /// The rules of an added or removed grant, one per line.
+    fn rule_lines(&self) -> Vec<String> {
+        match &self.what {
+            What::GrantAdded { rules } | What::GrantRemoved { rules } => rules
+                .iter()
+                .map(|r| format!("rule {} (line {}): {}", r.number, r.line, r.text))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl DecisionChange {
+    fn line(&self) -> String {
+        format!(
+            "{}: {} {:?} {} → {}",
+            self.probe,
+            self.kind,
+            self.grant,
+            allowed(self.before),
+            allowed(self.after)
+        )
+    }
+}
+
+/// The delta for a terminal or a job log.
+pub fn render_text(delta: &Delta) -> String {
+    if delta.is_empty() {
+        return "no access changes\n".into();
+    }
+    let mut out = String::new();
+    for change in &delta.changes {
+        let mark = if change.widening { "WIDENS" } else { "      " };
+        let _ = writeln!(out, "{mark} {}", change.line());
+        for rule in change.rule_lines() {
+            let _ = writeln!(out, "         {rule}");
+        }
+    }
+    if !delta.decisions.is_empty() {
+        let _ = writeln!(out, "\ndecisions that change:");
+        for decision in delta.decisions.iter().take(SHOWN_DECISIONS) {
+            let _ = writeln!(out, "  {}", decision.line());
+        }
+        if delta.decisions.len() > SHOWN_DECISIONS {
+            let _ = writeln!(
+                out,
+                "  … and {} more (--format json lists all)",
+                delta.decisions.len() - SHOWN_DECISIONS
+            );
+        }
+    }
+    out
+}
+
+/// The delta as Markdown, for a merge request note or artifact.
+pub fn render_markdown(delta: &Delta) -> String {
+    let mut out = String::from("### Policy access changes\n\n");
+    if delta.is_empty() {
+        out.push_str("No access changes.\n");
+        return out;
+    }
+    let widening = delta.changes.iter().filter(|c| c.widening).count()
+        + delta.decisions.iter().filter(|d| d.after).count();
+    if widening > 0 {
+        let _ = writeln!(
+            out,
+            "**⚠ This change widens access** ({widening} widening item(s), listed first).\n"
+        );
+    }
+    if !delta.changes.is_empty() {
+        out.push_str("| | grant | change |\n|---|---|---|\n");
+        for change in &delta.changes {
+            let mark = if change.widening { "⚠ widens" } else { "" };
+            let mut text = markdown_cell(&change.line());
+            for rule in change.rule_lines() {
+                text.push_str("<br>");
+                text.push_str(&markdown_cell(&rule));
+            }
+            let _ = writeln!(
+                out,
+                "| {mark} | {} `{}` | {text} |",
+                change.kind,
+                markdown_cell(&change.grant)
+            );
+        }
+        out.push('\n');
+    }
+    if !delta.decisions.is_empty() {
+        out.push_str(
+            "#### Decisions that change\n\n| job | grant | before | after |\n|---|---|---|---|\n",
+        );
+        for decision in delta.decisions.iter().take(SHOWN_DECISIONS) {
+            let _ = writeln!(
+                out,
+                "| {} | {} `{}` | {} | **{}** |",
+                markdown_cell(&decision.probe),
+                decision.kind,
+                markdown_cell(&decision.grant),
+                allowed(decision.before),
+                allowed(decision.after)
+            );
+        }
+        if delta.decisions.len() > SHOWN_DECISIONS {
+            let _ = writeln!(
+                out,
+                "\n… and {} more decision changes.",
+                delta.decisions.len() - SHOWN_DECISIONS
+            );
+        }
+    }
+    out
+}
+
+/// Text that cannot break out of a Markdown table cell or inject markup.
+fn markdown_cell(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '|' | '\\' | '`' | '*' | '_' | '<' | '>' | '[' | ']' | '#' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The delta for machines.
+pub fn render_json(delta: &Delta) -> Value {
+    let rule = |r: &RuleText| json!({"number": r.number, "line": r.line, "text": r.text});
+    let changes: Vec<Value> = delta
+        .changes
+        .iter()
+        .map(|c| {
+            let mut value = json!({
+                "kind": c.kind.to_string(), "grant": c.grant, "widening": c.widening,
+            });
+            let detail = match &c.what {
+                What::GrantAdded { rules } => json!({"change": "grant_added",
+                    "rules": rules.iter().map(rule).collect::<Vec<_>>()}),
+                What::GrantRemoved { rules } => json!({"change": "grant_removed",
+                    "rules": rules.iter().map(rule).collect::<Vec<_>>()}),
+                What::RuleAdded(r) => json!({"change": "rule_added", "after": rule(r)}),
+                What::RuleRemoved(r) => json!({"change": "rule_removed", "before": rule(r)}),
+                What::RuleChanged { before, after } => {
+                    json!({"change": "rule_changed", "before": rule(before), "after": rule(after)})
+                }
+                What::Setting {
+                    name,
+                    before,
+                    after,
+                } => {
+                    json!({"change": "setting", "setting": name, "before": before, "after": after})
+                }
+            };
+            value
+                .as_object_mut()
+                .expect("an object")
+                .extend(detail.as_object().expect("an object").clone());
+            value
+        })
+        .collect();
+    let decisions: Vec<Value> = delta
+        .decisions
+        .iter()
+        .map(|d| {
+            json!({"job": d.probe, "kind": d.kind.to_string(), "grant": d.grant,
+                   "before": allowed(d.before).to_lowercase(), "after": allowed(d.after).to_lowercase()})
+        })
+        .collect();
+    json!({"widening": delta.widens(), "changes": changes, "decisions": decisions})
+}
