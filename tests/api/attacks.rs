@@ -13,7 +13,6 @@ use local_issuer::kms::{KeySpec, LocalKms};
 use local_issuer::{LocalIssuer, SigningKey};
 use serde_json::{Value, json};
 use token_broker::broker::NOTHING_ADMITTED;
-use token_broker::config::Settings;
 
 use crate::helpers::*;
 
@@ -134,87 +133,6 @@ fn with_token(app: &TestApp, query: &str, token: &str) -> reqwest::RequestBuilde
     post_credentials(app, query).bearer_auth(token)
 }
 
-fn b64(text: &str) -> String {
-    URL_SAFE_NO_PAD.encode(text)
-}
-
-fn b64_json(value: &Value) -> String {
-    local_issuer::keys::b64_json(value)
-}
-
-/// A token MACed with `secret`: what a verifier that trusts the token's `alg` would accept if it
-/// used the issuer's public key bytes as the HMAC key.
-fn hmac_token(alg: &str, secret: &[u8], kid: &str, claims: &Value) -> String {
-    let algorithm = match alg {
-        "HS256" => aws_lc_rs::hmac::HMAC_SHA256,
-        "HS384" => aws_lc_rs::hmac::HMAC_SHA384,
-        _ => aws_lc_rs::hmac::HMAC_SHA512,
-    };
-    let input = format!(
-        "{}.{}",
-        b64_json(&json!({"alg": alg, "typ": "JWT", "kid": kid})),
-        b64_json(claims)
-    );
-    let tag = aws_lc_rs::hmac::sign(
-        &aws_lc_rs::hmac::Key::new(algorithm, secret),
-        input.as_bytes(),
-    );
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
-}
-
-/// One DER element.
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut element = vec![tag];
-    if content.len() < 0x80 {
-        element.push(content.len() as u8);
-    } else {
-        let length = content.len().to_be_bytes();
-        let significant: Vec<u8> = length.into_iter().skip_while(|b| *b == 0).collect();
-        element.push(0x80 | significant.len() as u8);
-        element.extend(significant);
-    }
-    element.extend_from_slice(content);
-    element
-}
-
-/// The RSA public key as a PEM file (`BEGIN PUBLIC KEY`, i.e. SPKI), built around the PKCS#1 DER
-/// that `public_der()` returns: the exact bytes a JWT library loads as "the public key".
-fn public_pem(pkcs1: &[u8]) -> String {
-    // AlgorithmIdentifier { rsaEncryption, NULL }
-    let algorithm = der(
-        0x30,
-        &[
-            0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-        ],
-    );
-    let bits = der(0x03, &[&[0u8][..], pkcs1].concat());
-    let spki = der(0x30, &[algorithm, bits].concat());
-    let body = STANDARD.encode(spki);
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|line| std::str::from_utf8(line).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-        lines.join("\n")
-    )
-}
-
-/// A token with exactly this header and payload text (duplicate names included), signed by the
-/// trusted issuer.
-fn signed_text(app: &TestApp, header: &str, payload: &str) -> String {
-    app.issuer
-        .sign_input(&format!("{}.{}", b64(header), b64(payload)))
-}
-
-/// `claims` serialized with `extra` (raw JSON members) inserted first, so a name repeats.
-fn with_leading_members(claims: &Value, extra: &str) -> String {
-    let mut text = claims.to_string();
-    text.insert_str(1, &format!("{extra},"));
-    text
-}
-
 /// A hostile token for `/v1/credentials?role=read-only` (a role its claims would otherwise get):
 /// name, token, job id, and the answer it must get.
 type TokenRow = (String, String, u64, Expected);
@@ -267,10 +185,15 @@ async fn forged_and_confused_tokens_are_rejected_before_sts_is_called() {
 /// `none` in any case, and HMAC keyed with the issuer's public key as PEM, DER and JWK JSON.
 fn algorithm_confusion(app: &TestApp) -> Vec<TokenRow> {
     let kid = app.issuer.kid();
-    let none = |alg: &str| b64_json(&json!({"alg": alg, "typ": "JWT", "kid": kid}));
+    let none =
+        |alg: &str| local_issuer::keys::b64_json(&json!({"alg": alg, "typ": "JWT", "kid": kid}));
     let mut rows = Vec::new();
     let (claims, job) = app.claims(json!({}));
-    let token = format!("{}.{}.", none("none"), b64_json(&claims));
+    let token = format!(
+        "{}.{}.",
+        none("none"),
+        local_issuer::keys::b64_json(&claims)
+    );
     rows.push(row(
         "alg none, empty signature",
         token,
@@ -279,11 +202,15 @@ fn algorithm_confusion(app: &TestApp) -> Vec<TokenRow> {
     ));
     for alg in ["none", "None", "NONE"] {
         let (claims, job) = app.claims(json!({}));
-        let token = format!("{}.{}.AAAA", none(alg), b64_json(&claims));
+        let token = format!(
+            "{}.{}.AAAA",
+            none(alg),
+            local_issuer::keys::b64_json(&claims)
+        );
         let name = format!("alg {alg} with a signature");
         rows.push(row(name, token, job, invalid_token("not a JWS header")));
     }
-    let pem = public_pem(&app.issuer.public_der());
+    let pem = forge::public_pem(&app.issuer.public_der());
     assert_pem_is_the_issuers_key(app, &pem);
     let key_forms: [(&str, Vec<u8>); 3] = [
         ("PEM", pem.into_bytes()),
@@ -293,7 +220,11 @@ fn algorithm_confusion(app: &TestApp) -> Vec<TokenRow> {
     for alg in ["HS256", "HS384", "HS512"] {
         for (form, secret) in &key_forms {
             let (claims, job) = app.claims(json!({}));
-            let token = hmac_token(alg, secret, &kid, &claims);
+            let token = forge::hmac_token(
+                secret,
+                &json!({"alg": alg, "typ": "JWT", "kid": kid}),
+                &claims,
+            );
             let name = format!("{alg} keyed with the issuer's public key ({form})");
             rows.push(row(
                 name,
@@ -318,7 +249,12 @@ fn tampered_tokens(app: &TestApp) -> Vec<TokenRow> {
     vec![
         row(
             "payload changed after signing (exp a day later)",
-            format!("{}.{}.{}", parts[0], b64_json(&extended), parts[2]),
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                local_issuer::keys::b64_json(&extended),
+                parts[2]
+            ),
             job,
             invalid_token("signature does not verify"),
         ),
@@ -501,7 +437,7 @@ fn hostile_headers(app: &TestApp, attacker: &LocalIssuer) -> Vec<TokenRow> {
     ];
     for (name, header) in doubled {
         let (claims, job) = app.claims(json!({}));
-        let token = signed_text(app, &header, &claims.to_string());
+        let token = forge::signed_text(&app.issuer, &header, &claims.to_string());
         rows.push(row(name, token, job, invalid_token("repeats a member")));
     }
     rows
@@ -531,7 +467,11 @@ fn duplicate_claims(app: &TestApp) -> Vec<TokenRow> {
         .into_iter()
         .map(|(name, extra, needle)| {
             let (claims, job) = app.claims(json!({}));
-            let token = signed_text(app, &header, &with_leading_members(&claims, extra));
+            let token = forge::signed_text(
+                &app.issuer,
+                &header,
+                &forge::with_leading_members(&claims, extra),
+            );
             row(name, token, job, invalid_token(needle))
         })
         .collect()
@@ -860,7 +800,12 @@ async fn a_second_trusted_issuers_token_never_satisfies_the_first_issuers_rules(
     let first = LocalIssuer::start().await;
     let second = LocalIssuer::start().await;
     let policy = TWO_ISSUERS.replace("{second}", second.url());
-    let app = spawn_app_for(first, &policy, Settings::default()).await;
+    let app = spawn_app_with(AppSpec {
+        policy,
+        issuer: Some(first),
+        ..Default::default()
+    })
+    .await;
     // Claims identical to what the first issuer's rules allow, but signed by the second.
     let mut attacks = Vec::new();
     // No rule of the second issuer names project 4242: its callers learn nothing of the policy.
@@ -1242,8 +1187,6 @@ fn hostile_authorization_headers(app: &TestApp) -> Vec<Attack> {
     attacks
 }
 
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// A form's fields, in order, repeats allowed.
 type Form<'a> = Vec<(&'a str, &'a str)>;
 /// An audience the test policy grants to project 4242's protected main.
@@ -1271,9 +1214,9 @@ fn subject(app: &TestApp, token: &str, audience: &str) -> reqwest::RequestBuilde
     exchange(
         app,
         &[
-            ("grant_type", EXCHANGE),
+            ("grant_type", urn::TOKEN_EXCHANGE),
             ("subject_token", token),
-            ("subject_token_type", JWT),
+            ("subject_token_type", urn::JWT),
             ("audience", audience),
         ],
     )
@@ -1283,7 +1226,11 @@ fn subject(app: &TestApp, token: &str, audience: &str) -> reqwest::RequestBuilde
 async fn hostile_token_exchanges_reach_neither_kms_nor_sts() {
     let kms = LocalKms::start().await;
     let key = kms.create_key(KeySpec::Rsa2048);
-    let app = spawn_app_signing_with(&kms, &format!("{POLICY}{TOKEN_GRANT}"), &key, &[]).await;
+    let app = spawn_app_with(AppSpec {
+        policy: format!("{POLICY}{TOKEN_GRANT}"),
+        ..signing_with(&kms, &key, &[])
+    })
+    .await;
     let attacker = LocalIssuer::start().await;
     let attacks = [
         forged_subject_tokens(&app, &attacker),
@@ -1330,12 +1277,16 @@ fn forged_subject_tokens(app: &TestApp, attacker: &LocalIssuer) -> Vec<Attack> {
     let now = local_issuer::claims::now();
     let mut rows: Vec<TokenRow> = Vec::new();
     let (claims, job) = app.claims(json!({}));
-    let header = b64_json(&json!({"alg": "none", "kid": kid}));
-    let token = format!("{header}.{}.AAAA", b64_json(&claims));
+    let header = local_issuer::keys::b64_json(&json!({"alg": "none", "kid": kid}));
+    let token = format!("{header}.{}.AAAA", local_issuer::keys::b64_json(&claims));
     rows.push(row("alg none", token, job, invalid_grant("JWS")));
     let (claims, job) = app.claims(json!({}));
-    let pem = public_pem(&app.issuer.public_der());
-    let token = hmac_token("HS256", pem.as_bytes(), &kid, &claims);
+    let pem = forge::public_pem(&app.issuer.public_der());
+    let token = forge::hmac_token(
+        pem.as_bytes(),
+        &json!({"alg": "HS256", "typ": "JWT", "kid": kid}),
+        &claims,
+    );
     rows.push(row(
         "HS256 keyed with the issuer's PEM",
         token,
@@ -1346,7 +1297,12 @@ fn forged_subject_tokens(app: &TestApp, attacker: &LocalIssuer) -> Vec<Attack> {
     let genuine = app.issuer.mint(&claims);
     let parts: Vec<&str> = genuine.split('.').collect();
     let extended = local_issuer::claims::with(claims, &json!({"exp": now + 86_400}));
-    let token = format!("{}.{}.{}", parts[0], b64_json(&extended), parts[2]);
+    let token = format!(
+        "{}.{}.{}",
+        parts[0],
+        local_issuer::keys::b64_json(&extended),
+        parts[2]
+    );
     rows.push(row(
         "payload changed after signing",
         token,
@@ -1364,8 +1320,8 @@ fn forged_subject_tokens(app: &TestApp, attacker: &LocalIssuer) -> Vec<Attack> {
     ));
     let (claims, job) = app.claims(json!({}));
     let header = json!({"alg": "RS256", "kid": kid}).to_string();
-    let payload = with_leading_members(&claims, r#""aud":"https://elsewhere.example.com""#);
-    let token = signed_text(app, &header, &payload);
+    let payload = forge::with_leading_members(&claims, r#""aud":"https://elsewhere.example.com""#);
+    let token = forge::signed_text(&app.issuer, &header, &payload);
     rows.push(row("aud twice", token, job, invalid_grant("duplicate")));
     // A login token has no job_id; this one carries one so a KMS call would be noticed.
     let job = unique_job_id();
@@ -1425,12 +1381,12 @@ fn malformed_exchanges(app: &TestApp, attacker: &LocalIssuer) -> Vec<Attack> {
     let (claims, _) = app.claims(json!({}));
     let forged = attacker.mint(&claims);
     let (token, job) = app.token(json!({}));
-    let saml = "urn:ietf:params:oauth:token-type:saml2";
-    let access_token = "urn:ietf:params:oauth:token-type:access_token";
+    let saml = urn::SAML2;
+    let access_token = urn::ACCESS_TOKEN;
     let base = [
-        ("grant_type", EXCHANGE),
+        ("grant_type", urn::TOKEN_EXCHANGE),
         ("subject_token", token.as_str()),
-        ("subject_token_type", JWT),
+        ("subject_token_type", urn::JWT),
         ("audience", GRANTED),
     ];
     let with = |changes: &[(&'static str, &'static str)]| -> Form {
@@ -1492,8 +1448,8 @@ fn malformed_exchanges(app: &TestApp, attacker: &LocalIssuer) -> Vec<Attack> {
     ));
     let (token, job) = app.token(json!({}));
     let without_subject = [
-        ("grant_type", EXCHANGE),
-        ("subject_token_type", JWT),
+        ("grant_type", urn::TOKEN_EXCHANGE),
+        ("subject_token_type", urn::JWT),
         ("audience", GRANTED),
     ];
     attacks.push(attack(
@@ -1503,7 +1459,7 @@ fn malformed_exchanges(app: &TestApp, attacker: &LocalIssuer) -> Vec<Attack> {
         bad_request("subject_token"),
     ));
     let (token, job) = app.token(json!({}));
-    let body = json!({"grant_type": EXCHANGE, "subject_token": token, "subject_token_type": JWT, "audience": GRANTED});
+    let body = json!({"grant_type": urn::TOKEN_EXCHANGE, "subject_token": token, "subject_token_type": urn::JWT, "audience": GRANTED});
     attacks.push(attack(
         "a JSON body",
         app.client
