@@ -7,8 +7,10 @@
 //! one legitimate request that must show up in the recording, so those checks cannot pass
 //! vacuously.
 //!
-//! Many rows repeat single checks from `verification.rs`, `requests.rs` and `credentials.rs`; here
-//! they are consolidated, and every one also proves that no AWS call was made.
+//! Rows that would only repeat a token of `verification.rs` are left to it (each table function
+//! names what it leaves there): the rows kept here include tokens refused at each verification
+//! step, which is what proves those refusals never reach STS. Rows repeating `requests.rs` and
+//! `credentials.rs` stay, as the only place those requests are shown not to reach STS.
 
 mod exchanges;
 mod requests;

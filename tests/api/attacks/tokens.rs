@@ -51,25 +51,14 @@ async fn forged_and_confused_tokens_are_rejected_before_sts_is_called() {
     );
 }
 
-/// `none` in any case, and HMAC keyed with the issuer's public key as PEM, DER and JWK JSON.
+/// `none` in any case, and HMAC keyed with the issuer's public key as PEM, DER and JWK JSON
+/// (`verification.rs` has `none`/`None` as such and HS256 with the DER and the JWK).
 fn algorithm_confusion(app: &TestApp) -> Vec<TokenRow> {
     let kid = app.issuer.kid();
     let none =
         |alg: &str| local_issuer::keys::b64_json(&json!({"alg": alg, "typ": "JWT", "kid": kid}));
     let mut rows = Vec::new();
-    let (claims, job) = app.claims(json!({}));
-    let token = format!(
-        "{}.{}.",
-        none("none"),
-        local_issuer::keys::b64_json(&claims)
-    );
-    rows.push(row(
-        "alg none, empty signature",
-        token,
-        job,
-        invalid_token("base64url"),
-    ));
-    for alg in ["none", "None", "NONE"] {
+    for alg in ["none", "NONE"] {
         let (claims, job) = app.claims(json!({}));
         let token = format!(
             "{}.{}.AAAA",
@@ -88,6 +77,9 @@ fn algorithm_confusion(app: &TestApp) -> Vec<TokenRow> {
     ];
     for alg in ["HS256", "HS384", "HS512"] {
         for (form, secret) in &key_forms {
+            if alg == "HS256" && *form != "PEM" {
+                continue; // verification.rs: HS256 keyed with the DER and with the JWK
+            }
             let (claims, job) = app.claims(json!({}));
             let token = forge::hmac_token(
                 secret,
@@ -106,42 +98,17 @@ fn algorithm_confusion(app: &TestApp) -> Vec<TokenRow> {
     rows
 }
 
-/// A genuine token, changed after signing.
+/// A genuine token with its segments changed after signing (`verification.rs` has the payload
+/// changed, the signature stripped, and an extra segment).
 fn tampered_tokens(app: &TestApp) -> Vec<TokenRow> {
     let (claims, job) = app.claims(json!({}));
     let genuine = app.issuer.mint(&claims);
-    let parts: Vec<&str> = genuine.split('.').collect();
-    let later = local_issuer::claims::now() + 86_400;
-    let extended = local_issuer::claims::with(claims, &json!({"exp": later}));
     let (signed, signature) = genuine.rsplit_once('.').unwrap();
     let standard = STANDARD.encode(URL_SAFE_NO_PAD.decode(signature).unwrap());
     vec![
         row(
-            "payload changed after signing (exp a day later)",
-            format!(
-                "{}.{}.{}",
-                parts[0],
-                local_issuer::keys::b64_json(&extended),
-                parts[2]
-            ),
-            job,
-            invalid_token("signature does not verify"),
-        ),
-        row(
-            "signature stripped",
-            format!("{signed}."),
-            job,
-            invalid_token("base64url"),
-        ),
-        row(
             "signature segment missing",
             signed.to_owned(),
-            job,
-            invalid_token("three"),
-        ),
-        row(
-            "extra segment",
-            format!("{genuine}.AAAA"),
             job,
             invalid_token("three"),
         ),
@@ -160,10 +127,11 @@ fn tampered_tokens(app: &TestApp) -> Vec<TokenRow> {
     ]
 }
 
-/// Hostile `kid`s on tokens signed by the trusted key, so only the kid is wrong.
+/// Hostile `kid`s on tokens signed by the trusted key, so only the kid is wrong (`verification.rs`
+/// has no kid at all).
 fn hostile_kids(app: &TestApp) -> Vec<TokenRow> {
     let unknown = invalid_token("kid is not among");
-    let kids: [(&str, Value, Expected); 8] = [
+    let kids: [(&str, Value, Expected); 7] = [
         (
             "kid with path traversal",
             json!("../../etc/passwd"),
@@ -186,7 +154,6 @@ fn hostile_kids(app: &TestApp) -> Vec<TokenRow> {
             json!(7),
             invalid_token("not a JWS header"),
         ),
-        ("no kid", Value::Null, invalid_token("names no key")),
         (
             "kid of a key the issuer never had",
             json!(SigningKey::generate().kid()),
@@ -196,10 +163,7 @@ fn hostile_kids(app: &TestApp) -> Vec<TokenRow> {
     kids.into_iter()
         .map(|(name, kid, expected)| {
             let (claims, job) = app.claims(json!({}));
-            let mut header = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
-            if kid.is_null() {
-                header.as_object_mut().unwrap().remove("kid");
-            }
+            let header = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
             row(
                 name,
                 app.issuer.mint_with_header(&header, &claims),
@@ -210,7 +174,8 @@ fn hostile_kids(app: &TestApp) -> Vec<TokenRow> {
         .collect()
 }
 
-/// Keys the token offers itself (`jku`, `x5u`, `jwk`, `x5c`), and keys of strangers.
+/// Keys the token offers itself (`jku`, `x5u`, `jwk`, `x5c`), each on its own (`verification.rs`
+/// has them together, a stranger's key under the issuer's kid, and an untrusted issuer).
 fn keys_from_elsewhere(app: &TestApp, attacker: &LocalIssuer) -> Vec<TokenRow> {
     let kid = app.issuer.kid();
     let headers = [
@@ -235,46 +200,24 @@ fn keys_from_elsewhere(app: &TestApp, attacker: &LocalIssuer) -> Vec<TokenRow> {
             "signature does not verify",
         ),
     ];
-    let mut rows: Vec<TokenRow> = headers
+    headers
         .into_iter()
         .map(|(name, header, needle)| {
             let (claims, job) = app.claims(json!({}));
             let token = attacker.mint_with_header(&header, &claims);
             row(name, token, job, invalid_token(needle))
         })
-        .collect();
-    let (claims, job) = app.claims(json!({}));
-    let impostor = SigningKey::generate().with_kid(kid.clone());
-    rows.push(row(
-        "attacker's key under the issuer's kid",
-        impostor.mint(&json!({"alg": "RS256", "kid": kid}), &claims),
-        job,
-        invalid_token("signature does not verify"),
-    ));
-    let job = unique_job_id();
-    rows.push(row(
-        "token of an issuer the policy does not name",
-        attacker.mint(&attacker.claims(AUDIENCE, job)),
-        job,
-        invalid_token("issuer is not trusted"),
-    ));
-    rows
+        .collect()
 }
 
-/// `crit` extensions, and header members named twice (parsers that keep the first and parsers
+/// `crit` extensions (`verification.rs` has `crit` naming `exp`), and header members named twice (parsers that keep the first and parsers
 /// that keep the last would disagree about what was signed). Signed by the trusted key.
 fn hostile_headers(app: &TestApp, attacker: &LocalIssuer) -> Vec<TokenRow> {
     let kid = app.issuer.kid();
-    let critical = [
-        (
-            "crit naming exp",
-            json!({"alg": "RS256", "kid": kid, "crit": ["exp"]}),
-        ),
-        (
-            "crit b64=false, an unencoded payload",
-            json!({"alg": "RS256", "kid": kid, "b64": false, "crit": ["b64"]}),
-        ),
-    ];
+    let critical = [(
+        "crit b64=false, an unencoded payload",
+        json!({"alg": "RS256", "kid": kid, "b64": false, "crit": ["b64"]}),
+    )];
     let mut rows: Vec<TokenRow> = critical
         .into_iter()
         .map(|(name, header)| {
@@ -312,15 +255,10 @@ fn hostile_headers(app: &TestApp, attacker: &LocalIssuer) -> Vec<TokenRow> {
     rows
 }
 
-/// Claims named twice in a payload the trusted key signed.
+/// Claims named twice in a payload the trusted key signed (`verification.rs` has `aud` twice).
 fn duplicate_claims(app: &TestApp) -> Vec<TokenRow> {
     let header = json!({"alg": "RS256", "typ": "JWT", "kid": app.issuer.kid()}).to_string();
     let doubled = [
-        (
-            "aud twice, another audience first",
-            r#""aud":"https://elsewhere.example.com""#,
-            "duplicate",
-        ),
         (
             "project_id twice, another project first",
             r#""project_id":"1""#,
@@ -346,16 +284,13 @@ fn duplicate_claims(app: &TestApp) -> Vec<TokenRow> {
         .collect()
 }
 
-/// Claims of the wrong type, form or time, signed by the trusted key.
+/// Claims of the wrong type or form, signed by the trusted key (`verification.rs` has wrong and
+/// missing `aud`s, `exp` as a string, expired, future and inverted times, `iss` with a trailing
+/// slash or in upper case, and `project_id` as a number).
 fn malformed_claims(app: &TestApp) -> Vec<TokenRow> {
     let now = local_issuer::claims::now();
     let url = app.issuer.url();
     let cases = [
-        (
-            "project_id as a number",
-            json!({"project_id": 4242}),
-            "project_id",
-        ),
         (
             "project_id as an array",
             json!({"project_id": ["4242"]}),
@@ -378,52 +313,11 @@ fn malformed_claims(app: &TestApp) -> Vec<TokenRow> {
             "namespace_id",
         ),
         (
-            "exp as a string",
-            json!({"exp": (now + 600).to_string()}),
-            "exp",
-        ),
-        (
             "exp as a fraction",
             json!({"exp": now as f64 + 600.5}),
             "exp",
         ),
-        (
-            "expired an hour ago",
-            json!({"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600}),
-            "expired",
-        ),
-        (
-            "issued in the future",
-            json!({"iat": now + 600, "nbf": null}),
-            "future",
-        ),
-        (
-            "nbf after exp",
-            json!({"nbf": now + 30, "exp": now + 20}),
-            "exp",
-        ),
         ("iss as an array", json!({"iss": [url]}), "iss"),
-        (
-            "iss with a trailing slash",
-            json!({"iss": format!("{url}/")}),
-            "issuer is not trusted",
-        ),
-        (
-            "iss in upper case",
-            json!({"iss": url.to_uppercase()}),
-            "issuer is not trusted",
-        ),
-        (
-            "aud list without the broker",
-            json!({"aud": ["https://a.example.com", "https://b.example.com"]}),
-            "aud",
-        ),
-        (
-            "aud of another relying party",
-            json!({"aud": "https://vault.example.com"}),
-            "aud",
-        ),
-        ("no aud", json!({"aud": null}), "aud"),
     ];
     cases
         .into_iter()
