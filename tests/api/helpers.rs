@@ -65,10 +65,15 @@ pub fn signing_with(kms: &LocalKms, active: &str, retired: &[&str]) -> AppSpec {
 
 /// A running broker and the servers it talks to.
 pub struct TestApp {
+    /// `http://127.0.0.1:<port>`, no trailing slash.
     pub address: String,
+    /// The GitLab issuer the policy trusts; mints the tests' tokens.
     pub issuer: LocalIssuer,
+    /// A plain client, for requests the helpers below do not shape.
     pub client: reqwest::Client,
+    /// The state the router serves, for tests that call the Lambda handler or the verifier.
     pub state: Arc<AppState>,
+    /// Holds the policy files; removed when the app is dropped.
     dir: tempfile::TempDir,
 }
 
