@@ -6,7 +6,6 @@
 //! cargo bench --bench exchange
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_lc_rs::rsa::KeySize;
@@ -21,12 +20,11 @@ use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use criterion::Criterion;
 use local_issuer::{LocalIssuer, SigningKey};
-use token_broker::aws::sts::Sts;
 use token_broker::config::Settings;
 use token_broker::http::{RequestMeta, handle};
 use token_broker::oidc::Verifier;
 use token_broker::secret::Secret;
-use token_broker::{AppState, broker, policy};
+use token_broker::{broker, policy, startup};
 
 const AUDIENCE: &str = "https://token-broker.example.com";
 const ASSUME_ROLE_OK: &str = r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult><AssumedRoleUser><Arn>arn:aws:sts::123456789012:assumed-role/deploy-web-prod/gitlab-4242-1</Arn><AssumedRoleId>AROA3XFRBF535PLBIFPI4:gitlab-4242-1</AssumedRoleId></AssumedRoleUser><Credentials><AccessKeyId>ASIAIOSFODNN7EXAMPLE</AccessKeyId><SecretAccessKey>wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY</SecretAccessKey><SessionToken>FwoGZXIvYXdzEXAMPLE</SessionToken><Expiration>2030-01-01T00:00:00Z</Expiration></Credentials></AssumeRoleResult><ResponseMetadata><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ResponseMetadata></AssumeRoleResponse>"#;
@@ -155,12 +153,17 @@ fn plan_and_exchange(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         })
     });
 
-    let state = Arc::new(rt.block_on(AppState::assemble(
-        policy,
-        &Settings::default(),
-        Sts::new(&sdk_config()),
-        None,
-    )));
+    // Built the way the binary builds it, which loads the policy from a file.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, POLICY.replace("{issuer}", issuer.url())).expect("policy file");
+    let settings = Settings {
+        policy: Some(path),
+        ..Settings::default()
+    };
+    let state = rt
+        .block_on(startup::build(&settings, &sdk_config(), &sdk_config()))
+        .expect("state");
     let request = || {
         http::Request::post("/v1/credentials?role=deploy-web-prod")
             .header("authorization", format!("Bearer {token}"))

@@ -1,150 +1,76 @@
-//! `token-broker policy check|test|explain`: the policy tooling a deploy pipeline runs. Needs no
-//! network and no AWS; prints for people by default, JSON for machines with `--format json`.
+//! The command line: the clap tree, and one module per subcommand holding its arguments and its
+//! `exec` side by side. `main` only parses and dispatches; the broker itself is put together by
+//! `startup`, which the tests use too.
 
-use std::path::{Path, PathBuf};
+pub mod lambda;
+pub mod policy;
+pub mod serve;
+
+use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use serde_json::json;
+use clap::builder::TypedValueParser;
+use clap::{Parser, Subcommand};
 
-use crate::policy::cases;
-use crate::policy::explain::explain;
-use crate::policy::lint::{Finding, Severity, lint, render_human};
-use crate::policy::{Claims, Policy, load};
+use crate::config::Settings;
 
-/// Output format of `policy check`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Human,
-    Json,
+/// Turns GitLab CI ID tokens into short-lived, policy-scoped AWS credentials
+#[derive(Parser)]
+#[command(version)]
+pub struct Cli {
+    /// `None` when started without arguments, as the Lambda runtime starts it.
+    #[command(subcommand)]
+    pub command: Option<Command>,
 }
 
-/// Compiles and lints `file`. Exit 1 on a compile error or an error finding (or any warning
-/// with `deny_warnings`), else 0.
-pub fn check(file: &Path, format: Format, deny_warnings: bool) -> ExitCode {
-    let (findings, compile_error) = match load(file) {
-        Ok(policy) => (lint(&policy), None),
-        Err(error) => (Vec::new(), Some(error.to_string())),
-    };
-    let errors = findings
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .count();
-    let warnings = findings.len() - errors;
-    match format {
-        Format::Json => println!(
-            "{}",
-            check_json(file, &findings, compile_error.as_deref(), errors, warnings)
-        ),
-        Format::Human => print!("{}", check_human(file, &findings, compile_error.as_deref())),
-    }
-    let failed = compile_error.is_some() || errors > 0 || (deny_warnings && warnings > 0);
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+/// The subcommands; each variant's doc comment is its `--help` summary.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve the broker's HTTP API on a local port (the same router as in Lambda).
+    Serve(serve::Args),
+    /// Run as an AWS Lambda function (the default when AWS_LAMBDA_RUNTIME_API is set).
+    Lambda(lambda::Args),
+    /// Check, test and explain a policy file (no network, no AWS).
+    Policy(policy::Args),
 }
 
-fn check_json(
-    file: &Path,
-    findings: &[Finding],
-    compile_error: Option<&str>,
-    errors: usize,
-    warnings: usize,
-) -> String {
-    let findings: Vec<_> = findings
-        .iter()
-        .map(|f| {
-            json!({"id": f.id, "name": f.name, "severity": f.severity.to_string(), "kind": f.kind.to_string(), "grant": f.grant,
-                   "rule": f.rule, "line": f.line, "message": f.message})
+/// `--policy`, shared by the commands that run the broker.
+#[derive(clap::Args)]
+pub struct PolicyFile {
+    /// Policy file [default: the policy bundled at build time]
+    // Parsed as an OsString, which may be empty, rather than as a PathBuf, which clap refuses
+    // empty: an empty TOKEN_BROKER_POLICY means unset, as an empty variable does in `config`.
+    #[arg(
+        long,
+        env = "TOKEN_BROKER_POLICY",
+        value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from)
+    )]
+    policy: Option<PathBuf>,
+}
+
+impl PolicyFile {
+    /// Settings from the environment, with this policy file.
+    fn settings(self) -> Result<Settings, String> {
+        Ok(Settings {
+            policy: self.policy.filter(|path| !path.as_os_str().is_empty()),
+            ..Settings::from_env()?
         })
-        .collect();
-    json!({"file": file.display().to_string(), "compile_error": compile_error, "findings": findings,
-           "errors": errors + usize::from(compile_error.is_some()), "warnings": warnings})
-    .to_string()
-}
-
-/// Shares its rendering with `build.rs`, so a refused build reads exactly like `check`.
-fn check_human(file: &Path, findings: &[Finding], compile_error: Option<&str>) -> String {
-    match compile_error {
-        Some(error) => format!("error[compile]: {error}\n"),
-        None => render_human(file, findings),
     }
 }
 
-/// Runs the decision cases in `cases_file` (default: `policy.tests.toml` beside the policy).
-pub fn test(file: &Path, cases_file: Option<PathBuf>) -> ExitCode {
-    let cases_file = cases_file.unwrap_or_else(|| file.with_file_name("policy.tests.toml"));
-    let outcome = match load(file)
-        .map_err(|e| e.to_string())
-        .and_then(|p| cases::run(&p, &cases_file))
-    {
-        Ok(outcome) => outcome,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    for failure in &outcome.failures {
-        println!("FAIL {:?}: {}", failure.name, failure.problem);
-        for explanation in &failure.trace {
-            print!("{}", indent(&explanation.to_string()));
-        }
-    }
-    println!(
-        "policy cases: {} passed, {} failed",
-        outcome.passed,
-        outcome.failures.len()
-    );
-    if outcome.failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+/// Runs `command` to completion on a multi-threaded runtime. Built here rather than by
+/// `#[tokio::main]` so that `policy` subcommands, which need no runtime, never start one.
+fn block_on(command: impl Future<Output = ExitCode>) -> ExitCode {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(command)
 }
 
-/// Shows, for the claims in `claims_file`, how every role (or `role`) decides and why.
-pub fn explain_claims(file: &Path, claims_file: &Path, role: Option<&str>) -> ExitCode {
-    let loaded = load(file)
-        .map_err(|e| e.to_string())
-        .and_then(|policy| Ok((policy, read_claims(claims_file)?)));
-    let (policy, claims): (Policy, Claims) = match loaded {
-        Ok(loaded) => loaded,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let explanations = explain(&policy, &claims, role);
-    if explanations.is_empty() {
-        eprintln!(
-            "error: no role {:?} in {}",
-            role.unwrap_or_default(),
-            file.display()
-        );
-        return ExitCode::FAILURE;
-    }
-    for explanation in explanations {
-        print!("{explanation}");
-    }
-    ExitCode::SUCCESS
-}
-
-/// A decoded ID token's claims; `iss` says which issuer they come from.
-fn read_claims(path: &Path) -> Result<Claims, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| format!("{}: not a JSON object", path.display()))?;
-    let issuer = object
-        .get("iss")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| format!("{}: no string `iss`", path.display()))?;
-    Ok(Claims::from_json(issuer, object))
-}
-
-fn indent(text: &str) -> String {
-    text.lines().map(|line| format!("    {line}\n")).collect()
+/// Reports on stderr why the broker could not start; exit code 2, as for usage errors.
+pub fn fail(message: &str) -> ExitCode {
+    eprintln!("token-broker: {message}");
+    ExitCode::from(2)
 }

@@ -1,25 +1,22 @@
-//! Configuration. The only module that reads environment variables (the AWS SDK reads its own
-//! standard ones: region, credentials, `AWS_ENDPOINT_URL`).
+//! Configuration. The only module that reads environment variables, with two exceptions that
+//! read their own: the CLI's `--policy` falls back to `TOKEN_BROKER_POLICY` through clap, and the
+//! AWS SDK reads its standard ones (region, credentials, `AWS_ENDPOINT_URL`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::oidc::JwksSettings;
 
-/// Environment variable naming a policy file to use instead of the bundled one.
-pub const POLICY_ENV: &str = "TOKEN_BROKER_POLICY";
-
 /// Settings for one broker process.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Policy file to load; default `None`: the policy compiled into the binary.
+    /// Policy file to load; default `None`: the policy compiled into the binary. Not read here:
+    /// the CLI sets it from `--policy` (or `TOKEN_BROKER_POLICY`).
     pub policy: Option<PathBuf>,
     /// Clock leeway for `exp`, `nbf`, `iat`; default 60 s (`TOKEN_BROKER_LEEWAY_SECS`).
     pub leeway: Duration,
     /// JWKS fetch limits (`TOKEN_BROKER_JWKS_TIMEOUT_MS`, `TOKEN_BROKER_JWKS_COOLDOWN_SECS`).
     pub jwks: JwksSettings,
-    /// Whether this process runs inside AWS Lambda (`AWS_LAMBDA_RUNTIME_API` is set).
-    pub in_lambda: bool,
     /// The KMS key that signs re-issued tokens (`KMS_KEY_ID`); default none: no token endpoint.
     pub kms_key_id: Option<String>,
     /// Keys still published in the JWKS during a rotation (`KMS_RETIRED_KEY_IDS`, comma-separated).
@@ -35,7 +32,6 @@ impl Default for Settings {
             policy: None,
             leeway: Duration::from_secs(60),
             jwks: JwksSettings::default(),
-            in_lambda: false,
             kms_key_id: None,
             kms_retired_key_ids: Vec::new(),
             issuer_url: None,
@@ -44,12 +40,9 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Settings from the environment; unset variables keep their defaults.
+    /// Settings from the environment; unset variables keep their defaults. `policy` stays `None`.
     pub fn from_env() -> Result<Self, String> {
         let mut settings = Self::default();
-        if let Some(policy) = var(POLICY_ENV) {
-            settings.policy = Some(PathBuf::from(policy));
-        }
         if let Some(secs) = number("TOKEN_BROKER_LEEWAY_SECS")? {
             settings.leeway = Duration::from_secs(secs);
         }
@@ -59,7 +52,6 @@ impl Settings {
         if let Some(secs) = number("TOKEN_BROKER_JWKS_COOLDOWN_SECS")? {
             settings.jwks.cooldown = Duration::from_secs(secs);
         }
-        settings.in_lambda = var("AWS_LAMBDA_RUNTIME_API").is_some();
         settings.kms_key_id = var("KMS_KEY_ID");
         settings.kms_retired_key_ids = var("KMS_RETIRED_KEY_IDS")
             .map(|ids| {
@@ -75,6 +67,19 @@ impl Settings {
         }
         Ok(settings)
     }
+}
+
+/// Whether this process runs inside AWS Lambda (`AWS_LAMBDA_RUNTIME_API` is set), where the
+/// runtime starts the binary without a command.
+pub fn in_lambda() -> bool {
+    var("AWS_LAMBDA_RUNTIME_API").is_some()
+}
+
+/// The log filter in `RUST_LOG` syntax (`RUST_LOG`); empty when unset, which
+/// [`crate::telemetry`] reads as `info`. Apart from [`Settings`] because logging starts before
+/// settings are read, and the tests' harness sets it up without settings from the environment.
+pub fn log_filter() -> String {
+    var("RUST_LOG").unwrap_or_default()
 }
 
 fn var(name: &str) -> Option<String> {

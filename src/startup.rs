@@ -1,15 +1,19 @@
-//! Building the application state: policy, verifier, AWS adapters. Used by `main` and by tests.
+//! Building the application state: policy, verifier, AWS adapters. The one way a broker is put
+//! together, used by the `serve` and `lambda` commands and by the black-box tests alike, so the
+//! tests exercise the wiring that ships.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use aws_config::SdkConfig;
 
 use crate::aws::kms::Kms;
 use crate::aws::sts::Sts;
 use crate::broker::Broker;
+use crate::bundled;
 use crate::config::Settings;
 use crate::oidc::Verifier;
-use crate::policy::Policy;
+use crate::policy::{self, Policy};
 
 /// Everything a request needs, built once per process and shared by reference.
 pub struct AppState {
@@ -19,34 +23,50 @@ pub struct AppState {
     pub issuer_url: Option<String>,
 }
 
-impl AppState {
-    /// Builds the state with AWS clients from `sdk`.
-    pub async fn build(policy: Policy, settings: &Settings, sdk: &SdkConfig) -> Self {
-        let kms = settings
-            .kms_key_id
-            .clone()
-            .map(|active| Kms::new(sdk, active, settings.kms_retired_key_ids.clone()));
-        Self::assemble(policy, settings, Sts::new(sdk), kms).await
-    }
+/// Builds the state for `settings`: loads the policy (the file in `settings.policy`, else the one
+/// bundled at build time), points STS at `sts` and, when `settings.kms_key_id` is set, KMS at
+/// `kms`, and fetches the issuers' keys and the KMS public keys at once so the first request finds
+/// them cached (failures there are left for the first request to retry). In production `sts` and
+/// `kms` are the same configuration; tests point them at different local stand-ins. Logs how long
+/// it took: the part of a Lambda cold start that is ours. Fails only on a policy that does not
+/// load.
+pub async fn build(
+    settings: &Settings,
+    sts: &SdkConfig,
+    kms: &SdkConfig,
+) -> Result<Arc<AppState>, String> {
+    let started = Instant::now();
+    let policy = Arc::new(load_policy(settings)?);
+    let verifier = Verifier::new(policy.clone(), settings.leeway, settings.jwks.clone());
+    let kms = settings
+        .kms_key_id
+        .clone()
+        .map(|active| Kms::new(kms, active, settings.kms_retired_key_ids.clone()));
+    tokio::join!(verifier.prefetch(), prefetch_kms_keys(kms.as_ref()));
+    let state = AppState {
+        broker: Broker::new(policy, verifier, Sts::new(sts), kms),
+        issuer_url: settings.issuer_url.clone(),
+    };
+    tracing::info!(
+        init_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "initialized"
+    );
+    Ok(Arc::new(state))
+}
 
-    /// Builds the state from ready adapters and fetches the issuers' keys and the KMS public
-    /// keys at once, so the first request finds them cached. Failures are left for the first
-    /// request to retry.
-    pub async fn assemble(policy: Policy, settings: &Settings, sts: Sts, kms: Option<Kms>) -> Self {
-        let policy = Arc::new(policy);
-        let verifier = Verifier::new(policy.clone(), settings.leeway, settings.jwks.clone());
-        let kms_keys = async {
-            if let Some(kms) = &kms
-                && let Err(error) = kms.keys().await
-            {
-                tracing::warn!(%error, "KMS public keys not fetched at start; retrying on first use");
-            }
-        };
-        tokio::join!(verifier.prefetch(), kms_keys);
-        let broker = Broker::new(policy, verifier, sts, kms);
-        Self {
-            broker,
-            issuer_url: settings.issuer_url.clone(),
-        }
+fn load_policy(settings: &Settings) -> Result<Policy, String> {
+    match &settings.policy {
+        Some(path) => policy::load(path),
+        None => bundled::policy(),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// A KMS outage at start must not stop the broker: credentials need no KMS.
+async fn prefetch_kms_keys(kms: Option<&Kms>) {
+    if let Some(kms) = kms
+        && let Err(error) = kms.keys().await
+    {
+        tracing::warn!(%error, "KMS public keys not fetched at start; retrying on first use");
     }
 }

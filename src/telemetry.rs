@@ -1,7 +1,7 @@
 //! Logging: JSON lines in Lambda (its JSON log format, one object per event), readable text
-//! locally. `RUST_LOG` filters; the default is `info`. Nothing here ever formats a secret: the
-//! types that hold secrets redact themselves, and dependencies that log secrets below `info` are
-//! capped at `info` whatever `RUST_LOG` asks for.
+//! locally. The caller passes the filter (`RUST_LOG`, read by `config`); the default is `info`.
+//! Nothing here ever formats a secret: the types that hold secrets redact themselves, and
+//! dependencies that log secrets below `info` are capped at `info` whatever the filter asks for.
 
 use tracing::{Level, Metadata, Subscriber};
 use tracing_subscriber::filter::{FilterExt, filter_fn};
@@ -20,11 +20,11 @@ const CAPPED_CRATES: [&str; 7] = [
     "aws_", "lambda_", "hyper", "h2", "reqwest", "rustls", "tower",
 ];
 
-/// Installs the global subscriber once; later calls are ignored (tests build many apps).
-pub fn init(json: bool) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_default();
+/// Installs the global subscriber once, filtered by `filter` (`RUST_LOG` syntax, from
+/// [`crate::config::log_filter`]); later calls are ignored (tests build many apps).
+pub fn init(json: bool, filter: &str) {
     let _ = Registry::default()
-        .with(layer(json, &filter, std::io::stderr))
+        .with(layer(json, filter, std::io::stderr))
         .try_init();
 }
 

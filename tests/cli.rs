@@ -248,3 +248,44 @@ fn explain_shows_matching_and_failing_rules() {
     ]);
     assert_eq!(output.status.code(), Some(1));
 }
+
+/// `serve` (or, in Lambda, the binary started without arguments) with `env` set, as far as
+/// loading the policy: a missing file stops it before it touches the network.
+fn start_broker(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_token-broker"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("TOKEN_BROKER_POLICY")
+        .env_remove("AWS_LAMBDA_RUNTIME_API")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_policy_file_comes_from_token_broker_policy_unless_policy_is_given() {
+    let from_env = [("TOKEN_BROKER_POLICY", "no/such/policy-from-env.toml")];
+    let serve = ["serve", "--listen", "127.0.0.1:0"];
+    for (what, output) in [
+        ("serve", start_broker(&serve, &from_env)),
+        (
+            "no command in Lambda",
+            start_broker(
+                &[],
+                &[from_env[0], ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")],
+            ),
+        ),
+    ] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{what}: {stderr}");
+        assert!(stderr.contains("policy-from-env.toml"), "{what}: {stderr}");
+    }
+    let flag = [&serve[..], &["--policy", "no/such/policy-from-flag.toml"]].concat();
+    let output = start_broker(&flag, &from_env);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("policy-from-flag.toml"), "{stderr}");
+    assert!(!stderr.contains("policy-from-env.toml"), "{stderr}");
+}

@@ -40,7 +40,7 @@ async fn allowed_exchange_returns_credentials_that_moto_accepts() {
         None,
         "broker",
     );
-    let sts = aws_sdk_sts::Client::new(&moto_sdk_config_with(credentials));
+    let sts = aws_sdk_sts::Client::new(&moto::sdk_config_with(credentials));
     let identity = sts.get_caller_identity().send().await.unwrap();
     assert_eq!(
         identity.arn().unwrap(),

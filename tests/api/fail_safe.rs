@@ -3,11 +3,9 @@
 //! callers from projects the policy does not know, who must learn nothing about it.
 
 use aws_sdk_sts::config::Credentials;
-use local_issuer::LocalIssuer;
 use local_issuer::sts::{LocalSts, StsMode};
 use serde_json::{Value, json};
 use token_broker::broker::NOTHING_ADMITTED;
-use token_broker::config::Settings;
 
 use crate::helpers::*;
 
@@ -42,12 +40,11 @@ async fn with_a_role_session_the_broker_never_asks_sts_for_more_than_an_hour() {
     // In Lambda the broker's own credentials always carry a session token: every AssumeRole is
     // role chaining, which STS refuses above 3,600 s (moto does not).
     let session = Credentials::new("testing", "testing", Some("session".into()), None, "t");
-    let app = spawn_app_full(
-        LocalIssuer::start().await,
-        &policy_with_a_long_role(),
-        Settings::default(),
-        &moto_sdk_config_with(session),
-    )
+    let app = spawn_app_with(AppSpec {
+        policy: policy_with_a_long_role(),
+        sts: Some(moto::sdk_config_with(session)),
+        ..Default::default()
+    })
     .await;
     let (body, sent) = duration_sent_to_sts(&app).await;
     assert_eq!(sent, "3600");
@@ -56,7 +53,11 @@ async fn with_a_role_session_the_broker_never_asks_sts_for_more_than_an_hour() {
 
 #[tokio::test]
 async fn with_long_term_credentials_a_long_role_gets_the_session_it_asks_for() {
-    let app = spawn_app_with(&policy_with_a_long_role(), Settings::default()).await;
+    let app = spawn_app_with(AppSpec {
+        policy: policy_with_a_long_role(),
+        ..Default::default()
+    })
+    .await;
     let (body, sent) = duration_sent_to_sts(&app).await;
     assert_eq!(sent, "7200");
     assert_eq!(body["DurationSeconds"], 7200);
@@ -104,12 +105,13 @@ async fn a_genuine_token_with_an_unusable_login_gets_a_source_identity_from_its_
 async fn a_failed_env_request_carries_its_request_id_like_every_other_error() {
     let sts = LocalSts::start_on("127.0.0.1:0").await;
     sts.set_mode(StsMode::ServerError);
-    let app = spawn_app_full(
-        LocalIssuer::start().await,
-        POLICY,
-        Settings::default(),
-        &sdk_config_for(sts.url(), Credentials::new("t", "t", None, None, "t")),
-    )
+    let app = spawn_app_with(AppSpec {
+        sts: Some(sdk_config_for(
+            sts.url(),
+            Credentials::new("t", "t", None, None, "t"),
+        )),
+        ..Default::default()
+    })
     .await;
     let (token, _) = app.token(json!({}));
     let response = app.credentials(&token, "role=read-only&format=env").await;
@@ -179,7 +181,7 @@ async fn a_missing_grant_type_is_a_malformed_request_and_another_one_unsupported
     let (token, _) = app.token(json!({}));
     let base = [
         ("subject_token", token.as_str()),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("subject_token_type", urn::JWT),
         ("audience", "sts.amazonaws.com"),
     ];
     let response = exchange_form(&app, &base).await;

@@ -39,12 +39,10 @@ fn stand_in_sdk(sts: &LocalSts) -> SdkConfig {
 #[tokio::test]
 async fn sts_faults_end_in_bounded_503s_and_leave_no_task_behind() {
     let sts = LocalSts::start_on("127.0.0.1:0").await;
-    let app = spawn_app_full(
-        LocalIssuer::start().await,
-        POLICY,
-        Settings::default(),
-        &stand_in_sdk(&sts),
-    )
+    let app = spawn_app_with(AppSpec {
+        sts: Some(stand_in_sdk(&sts)),
+        ..Default::default()
+    })
     .await;
     let (token, _) = app.token(json!({}));
     assert_eq!(
@@ -109,12 +107,10 @@ async fn sts_faults_end_in_bounded_503s_and_leave_no_task_behind() {
 async fn credentials_sts_sends_with_shell_syntax_are_refused_in_every_format() {
     let sts = LocalSts::start_on("127.0.0.1:0").await;
     sts.set_mode(StsMode::MalformedCredentials);
-    let app = spawn_app_full(
-        LocalIssuer::start().await,
-        POLICY,
-        Settings::default(),
-        &stand_in_sdk(&sts),
-    )
+    let app = spawn_app_with(AppSpec {
+        sts: Some(stand_in_sdk(&sts)),
+        ..Default::default()
+    })
     .await;
     let (token, _) = app.token(json!({}));
     for format in ["json", "env"] {
@@ -149,7 +145,12 @@ async fn a_jwks_endpoint_that_is_slow_huge_garbage_or_empty_is_a_bounded_503_wit
             ..Default::default()
         };
         let started = Instant::now();
-        let app = spawn_app_for(issuer, POLICY, settings).await;
+        let app = spawn_app_with(AppSpec {
+            issuer: Some(issuer),
+            settings,
+            ..Default::default()
+        })
+        .await;
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{mode:?}: start-up fetch is bounded"

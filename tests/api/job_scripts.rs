@@ -21,10 +21,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sts::config::Credentials;
 use base64::Engine;
-use local_issuer::LocalIssuer;
 use local_issuer::sts::{LocalSts, StsMode};
 use serde_json::{Value, json};
-use token_broker::aws::sts::Sts;
 use token_broker::config::Settings;
 
 use crate::helpers::*;
@@ -627,13 +625,10 @@ async fn the_readme_job_gives_up_after_three_retries_and_fails_closed() {
     let sts = LocalSts::start_on("127.0.0.1:0").await;
     sts.set_mode(StsMode::Throttling);
     let sdk = sdk_config_for(sts.url(), Credentials::new("t", "t", None, None, "tests"));
-    let app = spawn_app_parts(
-        LocalIssuer::start().await,
-        POLICY,
-        Settings::default(),
-        Sts::new(&sdk),
-        None,
-    )
+    let app = spawn_app_with(AppSpec {
+        sts: Some(sdk),
+        ..Default::default()
+    })
     .await;
     let (job, script) = credential_jobs().remove(0);
     let (token, _) = allowed_token(&app);
@@ -718,7 +713,7 @@ async fn the_aws_cli_uses_the_readme_profile() {
             let mut command = Command::new(&aws);
             command
                 .args(["--profile", "deploy", "--region", "us-east-1"])
-                .args(["--endpoint-url", &moto_endpoint()])
+                .args(["--endpoint-url", &moto::endpoint()])
                 .args(["sts", "get-caller-identity", "--output", "json"])
                 .env_clear()
                 .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
@@ -759,12 +754,16 @@ async fn the_aws_cli_uses_the_readme_profile() {
 /// script exits non-zero before `aws`, showing the broker's error, after one request.
 #[tokio::test]
 async fn the_token_exchange_example_stops_before_aws_when_refused() {
-    let key = moto_kms_key(aws_sdk_kms::types::KeySpec::Rsa2048).await;
+    let key = moto::kms_key(aws_sdk_kms::types::KeySpec::Rsa2048).await;
     let settings = Settings {
         kms_key_id: Some(key),
         ..Settings::default()
     };
-    let app = spawn_app_with(POLICY, settings).await;
+    let app = spawn_app_with(AppSpec {
+        settings,
+        ..Default::default()
+    })
+    .await;
     let script = readme_block("sh", "/v1/token");
     let (token, _) = allowed_token(&app);
     let run = Run::job(&script, &app.address, &token).with_trailing_slash();

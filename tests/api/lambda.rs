@@ -77,7 +77,7 @@ async fn the_built_binary_answers_function_url_requests_under_cargo_lambda_watch
     let env = format!(
         "TOKEN_BROKER_POLICY={},AWS_ENDPOINT_URL={},AWS_ACCESS_KEY_ID=testing,AWS_SECRET_ACCESS_KEY=testing,AWS_REGION=us-east-1,RUST_LOG=info",
         policy.display(),
-        moto_endpoint()
+        moto::endpoint()
     );
     let mut emulator = std::process::Command::new("cargo");
     emulator
@@ -190,7 +190,7 @@ impl Drop for ChildGroup {
 /// Host header a caller chooses.
 #[tokio::test]
 async fn in_lambda_the_issuer_is_the_function_url_domain() {
-    let kms = aws_sdk_kms::Client::new(&moto_sdk_config());
+    let kms = aws_sdk_kms::Client::new(&moto::sdk_config());
     let key = kms
         .create_key()
         .key_spec(aws_sdk_kms::types::KeySpec::Rsa2048)
@@ -202,7 +202,11 @@ async fn in_lambda_the_issuer_is_the_function_url_domain() {
         kms_key_id: key.key_metadata.map(|m| m.key_id),
         ..Default::default()
     };
-    let app = spawn_app_with(POLICY, settings).await;
+    let app = spawn_app_with(AppSpec {
+        settings,
+        ..Default::default()
+    })
+    .await;
     let mut event: Value = serde_json::from_str(CREDENTIALS_EVENT).unwrap();
     event["rawPath"] = json!("/.well-known/openid-configuration");
     event["rawQueryString"] = json!("");

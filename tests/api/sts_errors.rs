@@ -12,9 +12,7 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use local_issuer::LocalIssuer;
 use serde_json::json;
-use token_broker::config::Settings;
 
 use crate::helpers::*;
 
@@ -55,12 +53,10 @@ async fn app_with_sts(status: u16, code: &'static str) -> (TestApp, Arc<AtomicUs
         &url,
         Credentials::new("testing", "testing", None, None, "tests"),
     );
-    let app = spawn_app_full(
-        LocalIssuer::start().await,
-        POLICY,
-        Settings::default(),
-        &sdk,
-    )
+    let app = spawn_app_with(AppSpec {
+        sts: Some(sdk),
+        ..Default::default()
+    })
     .await;
     (app, calls)
 }
@@ -110,12 +106,10 @@ async fn an_unreachable_sts_is_a_503() {
         &format!("http://127.0.0.1:{port}"),
         Credentials::new("t", "t", None, None, "tests"),
     );
-    let app = spawn_app_full(
-        LocalIssuer::start().await,
-        POLICY,
-        Settings::default(),
-        &sdk,
-    )
+    let app = spawn_app_with(AppSpec {
+        sts: Some(sdk),
+        ..Default::default()
+    })
     .await;
     let (token, _) = app.token(json!({}));
     let response = app.credentials(&token, "role=read-only").await;

@@ -6,14 +6,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use aws_sdk_sts::config::Credentials;
 use base64::Engine;
 use local_issuer::LocalIssuer;
 use local_issuer::kms::{KeySpec, LocalKms};
 use serde_json::{Value, json};
-use token_broker::aws::kms::Kms;
-use token_broker::aws::sts::Sts;
-use token_broker::config::Settings;
 
 use crate::helpers::*;
 
@@ -55,23 +51,10 @@ async fn broker_with_two_instances() -> Brokers {
     let kms = LocalKms::start().await;
     let key = kms.create_key(KeySpec::Rsa2048);
     let second = LocalIssuer::start().await;
-    let settings = Settings {
-        kms_key_id: Some(key.clone()),
-        ..Settings::default()
-    };
-    let signer = Kms::new(
-        &sdk_config_for(kms.url(), Credentials::new("t", "t", None, None, "t")),
-        key,
-        Vec::new(),
-    );
-    let policy = POLICY.replace("{second}", second.url());
-    let app = spawn_app_parts(
-        LocalIssuer::start().await,
-        &policy,
-        settings,
-        Sts::new(&moto_sdk_config()),
-        Some(signer),
-    )
+    let app = spawn_app_with(AppSpec {
+        policy: POLICY.replace("{second}", second.url()),
+        ..signing_with(&kms, &key, &[])
+    })
     .await;
     Brokers {
         app,
@@ -82,12 +65,9 @@ async fn broker_with_two_instances() -> Brokers {
 
 async fn exchange(app: &TestApp, subject_token: &str) -> Value {
     let form = [
-        (
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ),
+        ("grant_type", urn::TOKEN_EXCHANGE),
         ("subject_token", subject_token),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("subject_token_type", urn::JWT),
         ("audience", "sts.amazonaws.com"),
     ];
     let response = app

@@ -7,17 +7,11 @@
 use aws_sdk_sts::config::Credentials;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
-use local_issuer::LocalIssuer;
 use local_issuer::kms::{KeySpec, KmsMode, LocalKms};
 use serde_json::{Value, json};
-use token_broker::aws::kms::Kms;
-use token_broker::aws::sts::Sts;
 use token_broker::config::Settings;
 
 use crate::helpers::*;
-
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 
 /// A KMS stand-in holding one key of `spec`, and the key's id.
 async fn stand_in(spec: KeySpec) -> (LocalKms, String) {
@@ -29,14 +23,14 @@ async fn stand_in(spec: KeySpec) -> (LocalKms, String) {
 /// A broker on [`POLICY`] signing with a fresh stand-in key of `spec`.
 async fn app_signing(spec: KeySpec) -> (TestApp, LocalKms) {
     let (kms, key) = stand_in(spec).await;
-    (spawn_app_signing_with(&kms, POLICY, &key, &[]).await, kms)
+    (spawn_app_with(signing_with(&kms, &key, &[])).await, kms)
 }
 
 async fn exchange(app: &TestApp, subject_token: &str, audience: &str) -> reqwest::Response {
     let form = [
-        ("grant_type", EXCHANGE),
+        ("grant_type", urn::TOKEN_EXCHANGE),
         ("subject_token", subject_token),
-        ("subject_token_type", JWT),
+        ("subject_token_type", urn::JWT),
         ("audience", audience),
     ];
     app.client
@@ -98,7 +92,7 @@ async fn issued_token(response: reqwest::Response) -> (String, u64) {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["cache-control"], "no-store");
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["issued_token_type"], JWT);
+    assert_eq!(body["issued_token_type"], urn::JWT);
     assert_eq!(body["token_type"], "N_A");
     (
         body["access_token"].as_str().unwrap().to_owned(),
@@ -228,7 +222,7 @@ async fn malformed_exchanges_get_rfc_8693_errors() {
             vec![
                 ("grant_type", "client_credentials"),
                 ("subject_token", &token),
-                ("subject_token_type", JWT),
+                ("subject_token_type", urn::JWT),
                 ("audience", "sts.amazonaws.com"),
             ],
             "unsupported_grant_type",
@@ -236,8 +230,8 @@ async fn malformed_exchanges_get_rfc_8693_errors() {
         ),
         (
             vec![
-                ("grant_type", EXCHANGE),
-                ("subject_token_type", JWT),
+                ("grant_type", urn::TOKEN_EXCHANGE),
+                ("subject_token_type", urn::JWT),
                 ("audience", "sts.amazonaws.com"),
             ],
             "invalid_request",
@@ -245,7 +239,7 @@ async fn malformed_exchanges_get_rfc_8693_errors() {
         ),
         (
             vec![
-                ("grant_type", EXCHANGE),
+                ("grant_type", urn::TOKEN_EXCHANGE),
                 ("subject_token", &token),
                 ("audience", "sts.amazonaws.com"),
             ],
@@ -254,12 +248,9 @@ async fn malformed_exchanges_get_rfc_8693_errors() {
         ),
         (
             vec![
-                ("grant_type", EXCHANGE),
+                ("grant_type", urn::TOKEN_EXCHANGE),
                 ("subject_token", &token),
-                (
-                    "subject_token_type",
-                    "urn:ietf:params:oauth:token-type:saml2",
-                ),
+                ("subject_token_type", urn::SAML2),
                 ("audience", "a"),
             ],
             "invalid_request",
@@ -267,18 +258,18 @@ async fn malformed_exchanges_get_rfc_8693_errors() {
         ),
         (
             vec![
-                ("grant_type", EXCHANGE),
+                ("grant_type", urn::TOKEN_EXCHANGE),
                 ("subject_token", &token),
-                ("subject_token_type", JWT),
+                ("subject_token_type", urn::JWT),
             ],
             "invalid_request",
             "audience",
         ),
         (
             vec![
-                ("grant_type", EXCHANGE),
+                ("grant_type", urn::TOKEN_EXCHANGE),
                 ("subject_token", &token),
-                ("subject_token_type", JWT),
+                ("subject_token_type", urn::JWT),
                 ("audience", "a"),
                 ("audience", "b"),
             ],
@@ -287,9 +278,9 @@ async fn malformed_exchanges_get_rfc_8693_errors() {
         ),
         (
             vec![
-                ("grant_type", EXCHANGE),
+                ("grant_type", urn::TOKEN_EXCHANGE),
                 ("subject_token", &token),
-                ("subject_token_type", JWT),
+                ("subject_token_type", urn::JWT),
                 ("audience", "a"),
                 ("actor_token", &token),
             ],
@@ -304,7 +295,7 @@ async fn malformed_exchanges_get_rfc_8693_errors() {
     let response = app
         .client
         .post(&url)
-        .json(&json!({"grant_type": EXCHANGE}))
+        .json(&json!({"grant_type": urn::TOKEN_EXCHANGE}))
         .send()
         .await
         .unwrap();
@@ -317,7 +308,7 @@ async fn during_rotation_the_active_key_signs_and_both_keys_are_published() {
     let kms = LocalKms::start().await;
     let old = kms.create_key(KeySpec::Rsa2048);
     let new = kms.create_key(KeySpec::EccNistP256);
-    let app = spawn_app_signing_with(&kms, POLICY, &new, &[&old]).await;
+    let app = spawn_app_with(signing_with(&kms, &new, &[&old])).await;
     let (token, _) = app.token(json!({}));
     let (issued, _) = issued_token(exchange(&app, &token, "sts.amazonaws.com").await).await;
     let response = app
@@ -371,18 +362,17 @@ async fn with_kms_unreachable_tokens_are_503_and_credentials_still_work() {
         &format!("http://127.0.0.1:{port}"),
         Credentials::new("t", "t", None, None, "tests"),
     );
-    let kms = Kms::new(
-        &unreachable,
-        "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000".into(),
-        vec![],
-    );
-    let app = spawn_app_parts(
-        LocalIssuer::start().await,
-        POLICY,
-        Settings::default(),
-        Sts::new(&moto_sdk_config()),
-        Some(kms),
-    )
+    let settings = Settings {
+        kms_key_id: Some(
+            "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000".into(),
+        ),
+        ..Settings::default()
+    };
+    let app = spawn_app_with(AppSpec {
+        settings,
+        kms: Some(unreachable),
+        ..Default::default()
+    })
     .await;
     let (token, _) = app.token(json!({}));
     let response = exchange(&app, &token, "sts.amazonaws.com").await;
@@ -446,7 +436,11 @@ project_id = "4242"
 async fn a_token_over_kms_raw_message_limit_is_signed_as_a_digest_and_verifies() {
     let (kms, key) = stand_in(KeySpec::Rsa2048).await;
     let policy = format!("{POLICY}{GROUPS_GRANT}");
-    let app = spawn_app_signing_with(&kms, &policy, &key, &[]).await;
+    let app = spawn_app_with(AppSpec {
+        policy,
+        ..signing_with(&kms, &key, &[])
+    })
+    .await;
     let groups: Vec<String> = (0..150)
         .map(|n| format!("acme/platform-team-{n:03}"))
         .collect();
@@ -543,7 +537,7 @@ async fn when_kms_refuses_the_public_key_the_issuer_routes_are_500_until_it_is_f
         status: 400,
         code: "AccessDeniedException",
     });
-    let app = spawn_app_signing_with(&kms, POLICY, &key, &[]).await;
+    let app = spawn_app_with(signing_with(&kms, &key, &[])).await;
     for path in [
         "/.well-known/jwks.json",
         "/.well-known/openid-configuration",
@@ -579,16 +573,20 @@ async fn a_moto_kms_key_is_published_as_a_jwk_that_verifies_motos_signatures() {
     use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
     use base64::Engine;
 
-    let key = moto_kms_key(aws_sdk_kms::types::KeySpec::Rsa2048).await;
+    let key = moto::kms_key(aws_sdk_kms::types::KeySpec::Rsa2048).await;
     let settings = Settings {
         kms_key_id: Some(key.clone()),
         ..Settings::default()
     };
-    let app = spawn_app_with(POLICY, settings).await;
+    let app = spawn_app_with(AppSpec {
+        settings,
+        ..Default::default()
+    })
+    .await;
     let jwks = get_json(&app, format!("{}/.well-known/jwks.json", app.address)).await;
     let jwk: Jwk = serde_json::from_value(jwks["keys"][0].clone()).unwrap();
     let message = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJtb3RvIn0";
-    let signature = aws_sdk_kms::Client::new(&moto_sdk_config())
+    let signature = aws_sdk_kms::Client::new(&moto::sdk_config())
         .sign()
         .key_id(&key)
         .message(Blob::new(&message[..]))

@@ -11,17 +11,6 @@ use token_broker::config::Settings;
 
 use crate::helpers::*;
 
-fn hs256(secret: &[u8], header: &serde_json::Value, claims: &serde_json::Value) -> String {
-    let input = format!(
-        "{}.{}",
-        local_issuer::keys::b64_json(header),
-        local_issuer::keys::b64_json(claims)
-    );
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
-    let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
-}
-
 #[tokio::test]
 async fn tokens_failing_a_claim_check_are_rejected_with_401() {
     let app = spawn_app().await;
@@ -150,7 +139,7 @@ async fn forged_signatures_and_algorithms_are_rejected() {
         ("alg None", format!("{}.{payload}.x", none_header("None"))),
         (
             "HS256 with the public key (DER) as secret",
-            hs256(
+            forge::hmac_token(
                 &app.issuer.public_der(),
                 &json!({"alg": "HS256", "kid": kid}),
                 &claims,
@@ -158,7 +147,7 @@ async fn forged_signatures_and_algorithms_are_rejected() {
         ),
         (
             "HS256 with the public JWK as secret",
-            hs256(
+            forge::hmac_token(
                 app.issuer.public_jwk().to_string().as_bytes(),
                 &json!({"alg": "HS256", "kid": kid}),
                 &claims,
@@ -257,7 +246,11 @@ async fn an_unknown_kid_refetches_once_then_is_rejected() {
         },
         ..Default::default()
     };
-    let app = spawn_app_with(POLICY, settings).await;
+    let app = spawn_app_with(AppSpec {
+        settings,
+        ..Default::default()
+    })
+    .await;
     let (claims, _) = app.claims(json!({}));
     let token = stranger.mint(&json!({"alg": "RS256", "kid": stranger.kid()}), &claims);
     sleep_ms(250).await;
@@ -284,7 +277,11 @@ async fn a_rotated_key_is_picked_up_after_the_cooldown() {
         },
         ..Default::default()
     };
-    let app = spawn_app_with(POLICY, settings).await;
+    let app = spawn_app_with(AppSpec {
+        settings,
+        ..Default::default()
+    })
+    .await;
     let new_kid = app.issuer.rotate();
     sleep_ms(150).await;
     let (token, _) = app.token(json!({}));
@@ -322,7 +319,11 @@ async fn cached_keys_keep_working_when_the_jwks_endpoint_fails() {
         Mode::Huge(200_000),
         Mode::Slow(Duration::from_secs(5)),
     ] {
-        let app = spawn_app_with(POLICY, settings.clone()).await;
+        let app = spawn_app_with(AppSpec {
+            settings: settings.clone(),
+            ..Default::default()
+        })
+        .await;
         assert_eq!(app.issuer.jwks_requests(), 1, "{mode:?}: start-up fetch");
         app.issuer.set_mode(mode);
         let (claims, _) = app.claims(json!({}));
@@ -361,7 +362,11 @@ async fn cached_keys_keep_working_when_the_jwks_endpoint_fails() {
 async fn without_any_cached_key_a_down_jwks_endpoint_is_a_retryable_503() {
     let issuer = LocalIssuer::start().await;
     issuer.set_mode(Mode::Down);
-    let app = spawn_app_for(issuer, POLICY, Settings::default()).await;
+    let app = spawn_app_with(AppSpec {
+        issuer: Some(issuer),
+        ..Default::default()
+    })
+    .await;
     let (token, _) = app.token(json!({}));
     let response = app.credentials(&token, "role=read-only").await;
     assert_eq!(response.headers()["retry-after"], "5");
@@ -380,7 +385,11 @@ async fn a_thousand_concurrent_requests_with_a_new_kid_cause_one_jwks_fetch() {
         },
         ..Default::default()
     };
-    let app = spawn_app_with(POLICY, settings).await;
+    let app = spawn_app_with(AppSpec {
+        settings,
+        ..Default::default()
+    })
+    .await;
     assert_eq!(app.issuer.jwks_requests(), 1);
     app.issuer.rotate();
     sleep_ms(60).await;
@@ -409,7 +418,11 @@ async fn a_key_whose_jwk_names_its_alg_verifies_only_that_alg() {
         "url = \"{issuer}\"",
         "url = \"{issuer}\"\nalgorithms = [\"RS256\", \"PS256\"]",
     );
-    let app = spawn_app_with(&policy, Settings::default()).await;
+    let app = spawn_app_with(AppSpec {
+        policy,
+        ..Default::default()
+    })
+    .await;
     let (claims, _) = app.claims(json!({}));
     let response = app
         .credentials(&app.issuer.mint_ps256(&claims), "role=read-only")

@@ -1,5 +1,6 @@
 //! GitLab-shaped CI ID token claims, with the types GitLab uses (ids and booleans as strings).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -62,4 +63,18 @@ pub fn with(mut claims: Value, overrides: &Value) -> Value {
         }
     }
     claims
+}
+
+/// A job id no other test in this or an earlier run uses (milliseconds since the epoch, times a
+/// thousand, counting up), so the STS calls moto recorded can be told apart by job.
+pub fn unique_job_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis() as u64
+        % 1_000_000_000
+        * 1000;
+    let _ = NEXT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+    NEXT.fetch_add(1, Ordering::SeqCst)
 }

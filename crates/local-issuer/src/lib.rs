@@ -4,13 +4,22 @@
 //! counts JWKS requests, so tests can assert on how the broker fetches keys. [`sts`] and [`kms`]
 //! stand in for the AWS services the broker calls, where moto is too slow or cannot do what the
 //! test needs. Never part of the broker's own binary.
+//!
+//! Tooling the test binaries share lives here too, each in a module of its own: [`moto`] (SDK
+//! configurations for moto and readers of its request recording), [`forge`] (hostile tokens),
+//! [`urn`] (the RFC 8693 identifiers) and [`fixture`] (the test policy). None of it needs the
+//! broker, which dev-depends on this crate and so could not be a dependency of it.
 
 pub mod claims;
+pub mod fixture;
+pub mod forge;
 pub mod keys;
 pub mod kms;
+pub mod moto;
 mod serve;
 mod server;
 pub mod sts;
+pub mod urn;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};

@@ -7,9 +7,7 @@
 //! `telemetry::init` installs; and the built binary as a Lambda function, against a stand-in for
 //! the Lambda Runtime API, with its stderr and stdout captured.
 
-#[allow(dead_code)]
-#[path = "api/helpers.rs"]
-mod helpers;
+mod broker;
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -18,8 +16,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
-use helpers::*;
-use local_issuer::{LocalIssuer, SigningKey};
+use broker::Broker;
+use local_issuer::{forge, moto, urn};
 use serde_json::{Value, json};
 use token_broker::config::Settings;
 use tracing_subscriber::fmt::MakeWriter;
@@ -30,8 +28,6 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// caps on what they log.
 const FILTER: &str =
     "trace,aws_smithy_runtime=trace,aws_sigv4=trace,hyper=trace,lambda_runtime=trace";
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 
 /// An in-memory log sink.
 #[derive(Clone, Default)]
@@ -158,11 +154,11 @@ fn request_id(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
-async fn exchange(app: &TestApp, subject_token: &str, audience: &str) -> reqwest::Response {
+async fn exchange(app: &Broker, subject_token: &str, audience: &str) -> reqwest::Response {
     let form = [
-        ("grant_type", EXCHANGE),
+        ("grant_type", urn::TOKEN_EXCHANGE),
         ("subject_token", subject_token),
-        ("subject_token_type", JWT),
+        ("subject_token_type", urn::JWT),
         ("audience", audience),
     ];
     app.client
@@ -174,10 +170,9 @@ async fn exchange(app: &TestApp, subject_token: &str, audience: &str) -> reqwest
 }
 
 /// A token whose signature does not verify: the issuer's kid, another key.
-fn forged_token(app: &TestApp) -> String {
-    let (claims, _) = app.claims(json!({}));
-    let kid = app.issuer.kid();
-    SigningKey::generate().mint(&json!({"alg": "RS256", "typ": "JWT", "kid": kid}), &claims)
+fn forged_token(app: &Broker) -> String {
+    let claims = app.claims(json!({}));
+    forge::signed_by_a_stranger(&app.issuer.kid(), &claims)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,29 +201,29 @@ async fn no_token_or_credential_reaches_the_logs_in_either_format_even_at_trace_
 }
 
 /// A broker with a KMS key, whose AWS SDK holds session credentials of its own, as in Lambda.
-async fn app_with_its_own_credentials() -> TestApp {
-    let key = moto_kms_key(aws_sdk_kms::types::KeySpec::Rsa2048).await;
+async fn app_with_its_own_credentials() -> Broker {
+    let key = moto::kms_key(aws_sdk_kms::types::KeySpec::Rsa2048).await;
     let settings = Settings {
         kms_key_id: Some(key),
         ..Settings::default()
     };
     let (id, secret, session) = broker_credentials();
     let own = aws_sdk_sts::config::Credentials::new(id, secret, Some(session.into()), None, "t");
-    let sdk = moto_sdk_config_with(own);
-    spawn_app_full(LocalIssuer::start().await, POLICY, settings, &sdk).await
+    let sdk = moto::sdk_config_with(own);
+    Broker::start(settings, sdk).await
 }
 
 /// Credentials as JSON and as env lines, a denial and a forged token; returns the request ids.
-async fn credentials_exchanges(app: &TestApp, secrets: &mut Secrets) -> Vec<String> {
+async fn credentials_exchanges(app: &Broker, secrets: &mut Secrets) -> Vec<String> {
     let mut request_ids = Vec::new();
-    let (token, _) = app.token(json!({}));
+    let token = app.token(json!({}));
     let response = app.credentials(&token, "role=deploy-web-prod").await;
     assert_eq!(response.status(), 200);
     request_ids.push(request_id(&response));
     secrets.token("an allowed GitLab token", &token);
     secrets.credentials("credentials", &response.json().await.unwrap());
 
-    let (token, _) = app.token(json!({}));
+    let token = app.token(json!({}));
     let response = app.credentials(&token, "role=read-only&format=env").await;
     assert_eq!(response.status(), 200);
     request_ids.push(request_id(&response));
@@ -240,7 +235,7 @@ async fn credentials_exchanges(app: &TestApp, secrets: &mut Secrets) -> Vec<Stri
         }
     }
 
-    let (token, _) = app.token(json!({"ref": "feature/x", "ref_protected": "false"}));
+    let token = app.token(json!({"ref": "feature/x", "ref_protected": "false"}));
     let response = app.credentials(&token, "role=deploy-web-prod").await;
     assert_eq!(response.status(), 403);
     request_ids.push(request_id(&response));
@@ -255,8 +250,8 @@ async fn credentials_exchanges(app: &TestApp, secrets: &mut Secrets) -> Vec<Stri
 }
 
 /// A token issued and a token refused by `/v1/token`; returns the request ids.
-async fn token_exchanges(app: &TestApp, secrets: &mut Secrets) -> Vec<String> {
-    let (token, _) = app.token(json!({}));
+async fn token_exchanges(app: &Broker, secrets: &mut Secrets) -> Vec<String> {
+    let token = app.token(json!({}));
     let response = exchange(app, &token, "sts.amazonaws.com").await;
     assert_eq!(response.status(), 200);
     let issued_id = request_id(&response);
@@ -264,7 +259,7 @@ async fn token_exchanges(app: &TestApp, secrets: &mut Secrets) -> Vec<String> {
     let body: Value = response.json().await.unwrap();
     secrets.token("the issued token", body["access_token"].as_str().unwrap());
 
-    let (token, _) = app.token(json!({"ref_protected": "false"}));
+    let token = app.token(json!({"ref_protected": "false"}));
     let response = exchange(app, &token, "sts.amazonaws.com").await;
     assert_eq!(response.status(), 400);
     secrets.token("a GitLab token refused a token", &token);
@@ -362,7 +357,7 @@ async fn runtime_api(
     Ok(response)
 }
 
-const FUNCTION_URL_EVENT: &str = include_str!("fixtures/function-url-credentials.json");
+const FUNCTION_URL_EVENT: &str = include_str!("../fixtures/function-url-credentials.json");
 
 /// A Function URL event (payload v2) for `POST {path}?{query}` with `headers` and `body`.
 fn function_url_event(
@@ -440,7 +435,7 @@ fn lambda_function(runtime: &RuntimeApi, policy: &std::path::Path, key: &str) ->
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("TOKEN_BROKER_POLICY", policy)
         .env("KMS_KEY_ID", key)
-        .env("AWS_ENDPOINT_URL", moto_endpoint())
+        .env("AWS_ENDPOINT_URL", moto::endpoint())
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", id)
         .env("AWS_SECRET_ACCESS_KEY", secret)
@@ -456,9 +451,9 @@ fn lambda_function(runtime: &RuntimeApi, policy: &std::path::Path, key: &str) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lambda_function_at_trace_level_logs_no_token_or_credential() {
     captured_logs();
-    let key = moto_kms_key(aws_sdk_kms::types::KeySpec::Rsa2048).await;
+    let key = moto::kms_key(aws_sdk_kms::types::KeySpec::Rsa2048).await;
     // This app only provides the issuer and a policy file naming it; the binary is the broker.
-    let app = spawn_app().await;
+    let app = Broker::start_default().await;
     let mut runtime = RuntimeApi::start().await;
     let mut function = Function(
         lambda_function(&runtime, &app.policy_path(), &key)
@@ -468,8 +463,8 @@ async fn the_lambda_function_at_trace_level_logs_no_token_or_credential() {
     let (output, readers) = capture_output(&mut function.0);
     let mut secrets = broker_secrets();
 
-    let (allowed, _) = app.token(json!({}));
-    let (denied, _) = app.token(json!({"ref": "feature/x", "ref_protected": "false"}));
+    let allowed = app.token(json!({}));
+    let denied = app.token(json!({"ref": "feature/x", "ref_protected": "false"}));
     let forged = forged_token(&app);
     let cases = [
         (
@@ -494,7 +489,7 @@ async fn the_lambda_function_at_trace_level_logs_no_token_or_credential() {
         request_ids.push(id);
     }
 
-    let (token, _) = app.token(json!({}));
+    let token = app.token(json!({}));
     let id = "log-secrecy-exchange".to_owned();
     let event = token_exchange_event(&id, &token);
     let (status, body) = answer(&runtime.invoke(&id, event).await);
@@ -518,9 +513,9 @@ async fn the_lambda_function_at_trace_level_logs_no_token_or_credential() {
 fn token_exchange_event(request_id: &str, token: &str) -> Value {
     let form = form_urlencoded::Serializer::new(String::new())
         .extend_pairs([
-            ("grant_type", EXCHANGE),
+            ("grant_type", urn::TOKEN_EXCHANGE),
             ("subject_token", token),
-            ("subject_token_type", JWT),
+            ("subject_token_type", urn::JWT),
             ("audience", "sts.amazonaws.com"),
         ])
         .finish();
@@ -547,10 +542,10 @@ fn audit_lines(request_id: &str) -> Vec<(&'static str, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_told_nothing_is_audited_with_the_full_reason() {
     captured_logs();
-    let app = spawn_app().await;
+    let app = Broker::start_default().await;
     let stranger =
         json!({"project_id": "31337", "namespace_id": "666", "project_path": "mallory/web"});
-    let (token, _) = app.token(stranger);
+    let token = app.token(stranger);
     let response = app.credentials(&token, "role=deploy-web-prod").await;
     assert_eq!(response.status(), 403);
     let id = request_id(&response);
@@ -573,15 +568,9 @@ async fn an_env_request_that_fails_is_audited_as_an_error() {
     let sts = local_issuer::sts::LocalSts::start_on("127.0.0.1:0").await;
     sts.set_mode(local_issuer::sts::StsMode::ServerError);
     let t = aws_sdk_sts::config::Credentials::new("t", "t", None, None, "t");
-    let sdk = sdk_config_for(sts.url(), t);
-    let app = spawn_app_full(
-        LocalIssuer::start().await,
-        POLICY,
-        Settings::default(),
-        &sdk,
-    )
-    .await;
-    let (token, _) = app.token(json!({}));
+    let sdk = moto::sdk_config_for(sts.url(), t);
+    let app = Broker::start(Settings::default(), sdk).await;
+    let token = app.token(json!({}));
     let response = app.credentials(&token, "role=read-only&format=env").await;
     assert_eq!(response.status(), 503);
     for (format, line) in audit_lines(&request_id(&response)) {

@@ -1,0 +1,199 @@
+//! `token-broker policy check|test|explain`: the policy tooling a deploy pipeline runs. Needs no
+//! network and no AWS; prints for people by default, JSON for machines with `--format json`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use crate::policy::cases;
+use crate::policy::explain::explain;
+use crate::policy::lint::{Finding, Severity, lint, render_human};
+use crate::policy::{Claims, Policy, load};
+
+/// Arguments of `policy`: which of its subcommands to run.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Compile and lint; exit 1 on errors (and on warnings with --deny-warnings).
+    Check {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Run decision cases (default: policy.tests.toml beside the policy); exit 1 on a failure.
+    Test {
+        file: PathBuf,
+        cases: Option<PathBuf>,
+    },
+    /// Show which rules match a decoded token's claims and why the others do not.
+    Explain {
+        file: PathBuf,
+        /// JSON file with the token's claims (including `iss`).
+        #[arg(long)]
+        claims: PathBuf,
+        /// Only this role or token (by its name).
+        #[arg(long)]
+        role: Option<String>,
+    },
+}
+
+/// Runs the chosen `policy` subcommand; exit 1 when the policy or a case fails.
+pub fn exec(args: Args) -> ExitCode {
+    match args.command {
+        Command::Check {
+            file,
+            format,
+            deny_warnings,
+        } => check(&file, format, deny_warnings),
+        Command::Test { file, cases } => test(&file, cases),
+        Command::Explain { file, claims, role } => explain_claims(&file, &claims, role.as_deref()),
+    }
+}
+
+/// Output format of `policy check`: `human` (the default) for people, `json` for pipelines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// `error[TB101 name]: …` lines with `file:line`, as `build.rs` prints them.
+    Human,
+    /// One JSON object with the findings and the error and warning counts.
+    Json,
+}
+
+/// Compiles and lints `file`. Exit 1 on a compile error or an error finding (or any warning
+/// with `deny_warnings`), else 0.
+fn check(file: &Path, format: Format, deny_warnings: bool) -> ExitCode {
+    let (findings, compile_error) = match load(file) {
+        Ok(policy) => (lint(&policy), None),
+        Err(error) => (Vec::new(), Some(error.to_string())),
+    };
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    let warnings = findings.len() - errors;
+    match format {
+        Format::Json => println!(
+            "{}",
+            check_json(file, &findings, compile_error.as_deref(), errors, warnings)
+        ),
+        Format::Human => print!("{}", check_human(file, &findings, compile_error.as_deref())),
+    }
+    let failed = compile_error.is_some() || errors > 0 || (deny_warnings && warnings > 0);
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn check_json(
+    file: &Path,
+    findings: &[Finding],
+    compile_error: Option<&str>,
+    errors: usize,
+    warnings: usize,
+) -> String {
+    let findings: Vec<_> = findings
+        .iter()
+        .map(|f| {
+            json!({"id": f.id, "name": f.name, "severity": f.severity.to_string(), "kind": f.kind.to_string(), "grant": f.grant,
+                   "rule": f.rule, "line": f.line, "message": f.message})
+        })
+        .collect();
+    json!({"file": file.display().to_string(), "compile_error": compile_error, "findings": findings,
+           "errors": errors + usize::from(compile_error.is_some()), "warnings": warnings})
+    .to_string()
+}
+
+/// Shares its rendering with `build.rs`, so a refused build reads exactly like `check`.
+fn check_human(file: &Path, findings: &[Finding], compile_error: Option<&str>) -> String {
+    match compile_error {
+        Some(error) => format!("error[compile]: {error}\n"),
+        None => render_human(file, findings),
+    }
+}
+
+/// Runs the decision cases in `cases_file` (default: `policy.tests.toml` beside the policy).
+fn test(file: &Path, cases_file: Option<PathBuf>) -> ExitCode {
+    let cases_file = cases_file.unwrap_or_else(|| file.with_file_name("policy.tests.toml"));
+    let outcome = match load(file)
+        .map_err(|e| e.to_string())
+        .and_then(|p| cases::run(&p, &cases_file))
+    {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for failure in &outcome.failures {
+        println!("FAIL {:?}: {}", failure.name, failure.problem);
+        for explanation in &failure.trace {
+            print!("{}", indent(&explanation.to_string()));
+        }
+    }
+    println!(
+        "policy cases: {} passed, {} failed",
+        outcome.passed,
+        outcome.failures.len()
+    );
+    if outcome.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Shows, for the claims in `claims_file`, how every role (or `role`) decides and why.
+fn explain_claims(file: &Path, claims_file: &Path, role: Option<&str>) -> ExitCode {
+    let loaded = load(file)
+        .map_err(|e| e.to_string())
+        .and_then(|policy| Ok((policy, read_claims(claims_file)?)));
+    let (policy, claims): (Policy, Claims) = match loaded {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let explanations = explain(&policy, &claims, role);
+    if explanations.is_empty() {
+        eprintln!(
+            "error: no role {:?} in {}",
+            role.unwrap_or_default(),
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    for explanation in explanations {
+        print!("{explanation}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// A decoded ID token's claims; `iss` says which issuer they come from.
+fn read_claims(path: &Path) -> Result<Claims, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| format!("{}: not a JSON object", path.display()))?;
+    let issuer = object
+        .get("iss")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| format!("{}: no string `iss`", path.display()))?;
+    Ok(Claims::from_json(issuer, object))
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("    {line}\n")).collect()
+}

@@ -1,0 +1,84 @@
+//! The broker under test, for this binary alone: built by `startup::build` as the binary builds
+//! it, with the shared test policy and a local GitLab issuer. A harness of its own rather than the
+//! `api` one because this binary installs its own global log subscriber first and must not share
+//! a process with tests that install another.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+use local_issuer::LocalIssuer;
+use local_issuer::claims::unique_job_id;
+use local_issuer::fixture::{AUDIENCE, POLICY, write_policy};
+use serde_json::Value;
+use token_broker::config::Settings;
+use token_broker::startup;
+
+/// A running broker, its issuer, and a client for it.
+pub struct Broker {
+    pub address: String,
+    pub issuer: LocalIssuer,
+    pub client: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts a broker on a free port with [`POLICY`] and `settings`, its STS and KMS calls going
+    /// where `sdk` says, with the binary's timeouts. Installs no log subscriber: the test has.
+    pub async fn start(settings: Settings, sdk: SdkConfig) -> Self {
+        let issuer = LocalIssuer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            policy: Some(write_policy(dir.path(), POLICY, issuer.url())),
+            ..settings
+        };
+        let sdk = sdk
+            .to_builder()
+            .timeout_config(token_broker::aws::timeouts())
+            .build();
+        let state: Arc<_> = startup::build(&settings, &sdk, &sdk).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(token_broker::serve::run(
+            listener,
+            state,
+            std::future::pending(),
+        ));
+        Self {
+            address,
+            issuer,
+            client: reqwest::Client::new(),
+            dir,
+        }
+    }
+
+    /// A broker with default settings and moto for AWS.
+    pub async fn start_default() -> Self {
+        Self::start(Settings::default(), local_issuer::moto::sdk_config()).await
+    }
+
+    /// The policy file this broker loaded.
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.path().join("policy.toml")
+    }
+
+    /// Claims of a fresh job (its own job id) with `overrides` applied (`null` removes a claim).
+    pub fn claims(&self, overrides: Value) -> Value {
+        local_issuer::claims::with(self.issuer.claims(AUDIENCE, unique_job_id()), &overrides)
+    }
+
+    /// A token for a fresh job, signed by the issuer's current key.
+    pub fn token(&self, overrides: Value) -> String {
+        self.issuer.mint(&self.claims(overrides))
+    }
+
+    /// `POST /v1/credentials?{query}` with the token as Bearer.
+    pub async fn credentials(&self, token: &str, query: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/credentials?{query}", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+}
