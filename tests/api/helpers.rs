@@ -362,3 +362,39 @@ pub async fn recorded_session_names() -> Vec<String> {
         })
         .collect()
 }
+
+/// Starts a broker with `operations` (a replay table, a metric sink) beside STS at moto and `kms`;
+/// for `replay.rs` and `metrics.rs`, whose brokers need what the constructors above do not pass.
+pub async fn spawn_app_operated(
+    policy: &str,
+    settings: Settings,
+    kms: Option<Kms>,
+    operations: token_broker::startup::Operations,
+) -> TestApp {
+    token_broker::telemetry::init(false);
+    let issuer = LocalIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    let session_policy = dir.path().join("policies/deploy-web-prod.json");
+    std::fs::write(session_policy, SESSION_POLICY).unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, policy.replace("{issuer}", issuer.url())).unwrap();
+    let policy = policy::load(&policy_path).unwrap();
+    let sts = Sts::new(&moto_sdk_config());
+    let state = AppState::assemble_with(policy, &settings, sts, kms, operations).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let state = Arc::new(state);
+    tokio::spawn(token_broker::serve::run(
+        listener,
+        state.clone(),
+        std::future::pending(),
+    ));
+    TestApp {
+        address,
+        issuer,
+        client: reqwest::Client::new(),
+        state,
+        dir,
+    }
+}
