@@ -162,7 +162,12 @@ fn plan_and_exchange(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         ..Settings::default()
     };
     let state = rt
-        .block_on(startup::build(&settings, &sdk_config(), &sdk_config()))
+        .block_on(startup::build(
+            &settings,
+            &sdk_config(),
+            &sdk_config(),
+            Default::default(),
+        ))
         .expect("state");
     let request = || {
         http::Request::post("/v1/credentials?role=deploy-web-prod")

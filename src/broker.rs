@@ -1,15 +1,19 @@
 //! The use case, as named steps: verify the GitLab token, decide from the policy, then either
 //! plan the STS call (every input checked) and assume the role, or build the claims of a token
-//! and have KMS sign it; one audit line for every request, whatever happened.
+//! and have KMS sign it; when the grant limits how often one token may be used, a use is reserved
+//! just before STS or KMS is called and given back if that call fails. One audit line and one
+//! metric line for every request, whatever happened.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::aws::kms::{Kms, KmsError};
 use crate::aws::names::{SessionDuration, SessionName, SessionTag, SourceIdentity};
+use crate::aws::replay::{ReplayError, ReplayTable, UseKey};
 use crate::aws::sts::{AssumeRole, Credentials, Sts, StsError};
+use crate::metrics::{self, Metrics, Outcome, Subject};
 use crate::oidc::{VerifiedToken, Verifier, VerifyError, now_secs};
-use crate::policy::{Denial, Policy, Role, TokenGrant};
+use crate::policy::{Denial, Grant, Policy, Role, TokenGrant};
 use crate::secret::Secret;
 
 /// What a caller asks for.
@@ -52,6 +56,9 @@ pub enum BrokerError {
     /// This broker has no signing key, so it issues no tokens.
     #[error("this broker issues no tokens (no KMS_KEY_ID configured)")]
     NoSigningKey,
+    /// The replay guard could not count this use: the exchange fails closed.
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
 }
 
 /// What a caller from a project that no rule of the policy names is told, whatever was asked.
@@ -79,6 +86,17 @@ pub enum Refusal {
         /// What is wrong with its value.
         why: String,
     },
+    /// The GitLab token was already exchanged as often as the grant's `token_uses` allows; told
+    /// to the caller, since a rule admitted them.
+    #[error(
+        "{grant}: this GitLab token was already exchanged {limit} time(s), all that token_uses allows; a new job gets a new token"
+    )]
+    Replayed {
+        /// `role "NAME"` or `token "NAME"`.
+        grant: String,
+        /// The grant's `token_uses`.
+        limit: u32,
+    },
 }
 
 impl Refusal {
@@ -86,7 +104,7 @@ impl Refusal {
     pub fn reason(&self) -> String {
         match self {
             Self::Policy { denial, .. } => denial.to_string(),
-            Self::Claim { .. } => self.to_string(),
+            Self::Claim { .. } | Self::Replayed { .. } => self.to_string(),
         }
     }
 
@@ -95,6 +113,7 @@ impl Refusal {
         match self {
             Self::Policy { denial, .. } => denial.claim(),
             Self::Claim { claim, .. } => Some(claim),
+            Self::Replayed { .. } => Some("jti"),
         }
     }
 }
@@ -114,6 +133,8 @@ pub struct Broker {
     verifier: Verifier,
     sts: Sts,
     kms: Option<Kms>,
+    replay: Option<ReplayTable>,
+    metrics: Metrics,
 }
 
 impl Broker {
@@ -124,7 +145,22 @@ impl Broker {
             verifier,
             sts,
             kms,
+            replay: None,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// The broker with the table that counts token uses for grants with `token_uses`. Without
+    /// one, those grants fail closed (500).
+    pub fn with_replay_table(mut self, replay: Option<ReplayTable>) -> Self {
+        self.replay = replay;
+        self
+    }
+
+    /// The broker writing a metric line for every decision; default: none.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The signing keys, when the broker has any.
@@ -143,21 +179,28 @@ impl Broker {
     }
 
     /// Exchanges a GitLab ID token for credentials of `request.role`:
-    /// verify → decide → plan → assume role → audit.
+    /// verify → decide → plan → reserve a use (guarded grants) → assume role → audit.
     pub async fn credentials(
         &self,
         token: &Secret,
         request: &CredentialsRequest,
         request_id: &str,
     ) -> Result<Issued, BrokerError> {
+        let started = Instant::now();
         let target = Target::Role(&request.role);
-        let verified = self.verify(token, request_id, target).await?;
-        let outcome = self.assume(&verified, request).await;
-        audited(request_id, &verified, target, outcome)
+        let result = async {
+            let verified = self.verify(token, request_id, target).await?;
+            let outcome = self.assume(&verified, request).await;
+            audited(request_id, &verified, target, outcome)
+        }
+        .await;
+        self.count(target, started, &result);
+        result
     }
 
     /// Exchanges a GitLab ID token for a broker-signed token for `audience` (RFC 8693), issued
-    /// as `issuer`: verify → decide → build claims → sign → audit.
+    /// as `issuer`: verify → decide → build claims → reserve a use (guarded grants) → sign →
+    /// audit.
     pub async fn token(
         &self,
         token: &Secret,
@@ -166,10 +209,16 @@ impl Broker {
         request_id: &str,
     ) -> Result<IssuedToken, BrokerError> {
         let kms = self.kms.as_ref().ok_or(BrokerError::NoSigningKey)?;
+        let started = Instant::now();
         let target = Target::Audience(audience);
-        let verified = self.verify(token, request_id, target).await?;
-        let outcome = self.mint(kms, &verified, audience, issuer).await;
-        audited(request_id, &verified, target, outcome)
+        let result = async {
+            let verified = self.verify(token, request_id, target).await?;
+            let outcome = self.mint(kms, &verified, audience, issuer).await;
+            audited(request_id, &verified, target, outcome)
+        }
+        .await;
+        self.count(target, started, &result);
+        result
     }
 
     /// Step 1: the token's signature and claims; a rejection is audited here, since no later
@@ -198,7 +247,9 @@ impl Broker {
         let role = admitted.grant;
         let cap = self.sts.session_cap().await;
         let input = plan(role, verified, request.duration_seconds, cap, now_secs())?;
-        let credentials = self.sts.assume_role(&input).await?;
+        let reserved = self.reserve_use(&role.grant, verified).await?;
+        let credentials = self.sts.assume_role(&input).await;
+        let credentials = self.release_on_error(reserved, credentials).await?;
         let issued = Issued {
             credentials,
             role: role.grant.name.clone(),
@@ -222,8 +273,84 @@ impl Broker {
         let now = now_secs();
         let claims = token_claims(admitted.grant, verified, issuer, now)?;
         let expires_in = claims["exp"].as_u64().unwrap_or(now).saturating_sub(now);
-        let token = kms.sign_jwt(&claims).await?;
+        let reserved = self.reserve_use(&admitted.grant.grant, verified).await?;
+        let token = kms.sign_jwt(&claims).await;
+        let token = self.release_on_error(reserved, token).await?;
         Ok((IssuedToken { token, expires_in }, admitted.rule))
+    }
+
+    /// The replay guard: takes one of the grant's `token_uses` for this GitLab token, right
+    /// before STS or KMS is called, so that concurrent exchanges of one token never issue more
+    /// than the limit. `None` when the grant sets no limit. Fails closed: no table, or a table
+    /// that cannot answer, is an error, never a skipped check.
+    async fn reserve_use(
+        &self,
+        grant: &Grant,
+        verified: &VerifiedToken,
+    ) -> Result<Option<UseKey>, BrokerError> {
+        let Some(limit) = grant.token_uses else {
+            return Ok(None);
+        };
+        let table = self.replay.as_ref().ok_or(ReplayError::NotConfigured)?;
+        let jti = verified
+            .raw
+            .get("jti")
+            .and_then(serde_json::Value::as_str)
+            .filter(|jti| !jti.is_empty())
+            .ok_or_else(|| {
+                denied_claim(
+                    "jti",
+                    "is missing, but this grant limits how often one token may be exchanged",
+                )
+            })?;
+        let key = UseKey::new(grant.kind, &grant.name, verified.claims.issuer(), jti);
+        if table.reserve(&key, limit, verified.expires_at).await? {
+            Ok(Some(key))
+        } else {
+            let grant = format!("{} {:?}", grant.kind, grant.name);
+            Err(Refusal::Replayed { grant, limit }.into())
+        }
+    }
+
+    /// Gives the reserved use back when STS or KMS issued nothing, so the job can retry a request
+    /// that failed upstream. If the table cannot take it back, the use stays spent (logged): the
+    /// guard errs towards refusing, never towards issuing more.
+    async fn release_on_error<T, E>(
+        &self,
+        reserved: Option<UseKey>,
+        result: Result<T, E>,
+    ) -> Result<T, E> {
+        if result.is_err()
+            && let (Some(key), Some(table)) = (reserved, &self.replay)
+            && let Err(error) = table.release(&key).await
+        {
+            tracing::warn!(%error, "a token use reserved for a failed exchange was not given back");
+        }
+        result
+    }
+
+    /// The metric line of a request: its outcome, by the policy's name for what was asked
+    /// (`unknown` when the policy has none, so callers cannot mint dimension values).
+    fn count<T>(&self, target: Target<'_>, started: Instant, result: &Result<T, BrokerError>) {
+        let subject = match target {
+            Target::Role(name) => Subject::Role(
+                self.policy
+                    .role(name)
+                    .map_or(metrics::UNKNOWN, |role| role.grant.name.as_str()),
+            ),
+            Target::Audience(audience) => Subject::Audience(
+                self.policy
+                    .token_for(audience)
+                    .map_or(metrics::UNKNOWN, |token| token.audience.as_str()),
+            ),
+        };
+        self.metrics.decision(&metrics::Decision {
+            outcome: outcome_of(result),
+            subject,
+            latency: started.elapsed(),
+            sts_error: matches!(result, Err(BrokerError::Sts(_))),
+            kms_error: matches!(result, Err(BrokerError::Kms(_))),
+        });
     }
 
     /// A denial, told to the caller only if the policy admits their project somewhere.
@@ -360,6 +487,16 @@ pub fn session_seconds(
         .min(left)
         .max(SessionDuration::MIN.as_secs());
     i32::try_from(seconds).unwrap_or(i32::MAX)
+}
+
+/// How a request ended, as the `Outcome` metric dimension counts it.
+fn outcome_of<T>(result: &Result<T, BrokerError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Allow,
+        Err(BrokerError::AccessDenied(_)) => Outcome::Deny,
+        Err(BrokerError::InvalidToken(error)) if !error.is_retryable() => Outcome::InvalidToken,
+        Err(_) => Outcome::Error,
+    }
 }
 
 /// What a request asked for, as the audit log names it.

@@ -24,6 +24,12 @@ pub struct Settings {
     /// The broker's issuer URL (`ISSUER_URL`); default: in Lambda `https://<Function URL domain>`,
     /// under `serve` `http://<listen address>`.
     pub issuer_url: Option<String>,
+    /// The replay guard's DynamoDB table (`TOKEN_BROKER_REPLAY_TABLE`); default none: a policy
+    /// that sets `token_uses` is refused at those grants (500), never run unguarded.
+    pub replay_table: Option<String>,
+    /// CloudWatch namespace of the EMF metric lines on stdout
+    /// (`TOKEN_BROKER_METRICS_NAMESPACE`); default none: no metric lines.
+    pub metrics_namespace: Option<String>,
 }
 
 impl Default for Settings {
@@ -35,6 +41,8 @@ impl Default for Settings {
             kms_key_id: None,
             kms_retired_key_ids: Vec::new(),
             issuer_url: None,
+            replay_table: None,
+            metrics_namespace: None,
         }
     }
 }
@@ -65,6 +73,9 @@ impl Settings {
         if let Some(url) = var("ISSUER_URL") {
             settings.issuer_url = Some(issuer_url(&url)?);
         }
+        // Operating the broker: the replay guard's table and the metrics' namespace.
+        settings.replay_table = var("TOKEN_BROKER_REPLAY_TABLE");
+        settings.metrics_namespace = var("TOKEN_BROKER_METRICS_NAMESPACE");
         Ok(settings)
     }
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod lambda;
+pub mod metrics;
 pub mod oidc;
 pub mod secret;
 pub mod serve;

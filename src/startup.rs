@@ -8,10 +8,12 @@ use std::time::Instant;
 use aws_config::SdkConfig;
 
 use crate::aws::kms::Kms;
+use crate::aws::replay::ReplayTable;
 use crate::aws::sts::Sts;
 use crate::broker::Broker;
 use crate::bundled;
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::oidc::Verifier;
 use crate::policy::{self, Policy};
 
@@ -23,28 +25,63 @@ pub struct AppState {
     pub issuer_url: Option<String>,
 }
 
+/// The parts of a broker that serve the people who run it rather than its callers: the replay
+/// guard's table and where metric lines go. Default: neither.
+#[derive(Debug, Default)]
+pub struct Operations {
+    /// The table that counts token uses; needed when the policy sets `token_uses`.
+    pub replay: Option<ReplayTable>,
+    /// Where EMF metric lines go.
+    pub metrics: Metrics,
+}
+
+impl Operations {
+    /// What `settings` ask for: the replay table (`TOKEN_BROKER_REPLAY_TABLE`) reached through
+    /// `sdk`, and metric lines on stdout when a namespace is set.
+    pub fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Self {
+        Self {
+            replay: settings
+                .replay_table
+                .clone()
+                .map(|table| ReplayTable::new(sdk, table, settings.leeway)),
+            metrics: Metrics::stdout(settings.metrics_namespace.as_deref()),
+        }
+    }
+}
+
 /// Builds the state for `settings`: loads the policy (the file in `settings.policy`, else the one
 /// bundled at build time), points STS at `sts` and, when `settings.kms_key_id` is set, KMS at
-/// `kms`, and fetches the issuers' keys and the KMS public keys at once so the first request finds
-/// them cached (failures there are left for the first request to retry). In production `sts` and
-/// `kms` are the same configuration; tests point them at different local stand-ins. Logs how long
-/// it took: the part of a Lambda cold start that is ours. Fails only on a policy that does not
-/// load.
+/// `kms`, adds `operations`, and fetches the issuers' keys and the KMS public keys at once so the
+/// first request finds them cached (failures there are left for the first request to retry). In
+/// production `sts` and `kms` are the same configuration; tests point them at different local
+/// stand-ins. Logs how long it took: the part of a Lambda cold start that is ours. Fails only on
+/// a policy that does not load.
 pub async fn build(
     settings: &Settings,
     sts: &SdkConfig,
     kms: &SdkConfig,
+    operations: Operations,
 ) -> Result<Arc<AppState>, String> {
     let started = Instant::now();
     let policy = Arc::new(load_policy(settings)?);
-    let verifier = Verifier::new(policy.clone(), settings.leeway, settings.jwks.clone());
+    if policy.guards_replay() && operations.replay.is_none() {
+        tracing::error!(
+            "the policy sets token_uses but no replay table is configured \
+             (TOKEN_BROKER_REPLAY_TABLE): those grants answer 500 until one is"
+        );
+    }
+    let verifier = Verifier::new(policy.clone(), settings.leeway, settings.jwks.clone())
+        .with_metrics(operations.metrics.clone());
     let kms = settings
         .kms_key_id
         .clone()
         .map(|active| Kms::new(kms, active, settings.kms_retired_key_ids.clone()));
     tokio::join!(verifier.prefetch(), prefetch_kms_keys(kms.as_ref()));
+    let broker = Broker::new(policy, verifier, Sts::new(sts), kms)
+        .with_replay_table(operations.replay)
+        .with_metrics(operations.metrics);
     let state = AppState {
-        broker: Broker::new(policy, verifier, Sts::new(sts), kms),
+        broker,
         issuer_url: settings.issuer_url.clone(),
     };
     tracing::info!(

@@ -142,7 +142,7 @@ fn iam_grants_exactly_the_listed_actions_on_the_listed_resources() {
     for (_, policy) in resources_of_type(&template, "AWS::IAM::Policy") {
         grants.extend(statements(&policy["Properties"]["PolicyDocument"]));
     }
-    assert_eq!(grants.len(), 3, "{grants:?}");
+    assert_eq!(grants.len(), 4, "{grants:?}");
     let find = |actions: &[&str]| {
         grants
             .iter()
@@ -168,6 +168,10 @@ fn iam_grants_exactly_the_listed_actions_on_the_listed_resources() {
     assert_eq!(
         tagged(&find(&["kms:Sign", "kms:GetPublicKey"]), "!GetAtt"),
         "SigningKey.Arn"
+    );
+    assert_eq!(
+        tagged(&find(&["dynamodb:UpdateItem"]), "!GetAtt"),
+        "ReplayTable.Arn"
     );
 }
 
@@ -305,4 +309,125 @@ fn the_gitlab_ci_examples_parse_and_check_the_policy_before_deploying() {
         .map(|n| n.as_str().unwrap())
         .collect();
     assert!(needs.contains(&"policy") && needs.contains(&"test"));
+}
+
+/// The function's environment variable `name`.
+fn environment<'a>(template: &'a Value, name: &str) -> &'a Value {
+    &resources_of_type(template, "AWS::Serverless::Function")[0].1["Properties"]["Environment"]["Variables"]
+        [name]
+}
+
+#[test]
+fn the_replay_table_exists_only_when_enabled_on_demand_with_ttl_and_update_item_alone() {
+    let template = template();
+    assert_eq!(template["Parameters"]["ReplayGuard"]["Default"], "Disabled");
+    let tables = resources_of_type(&template, "AWS::DynamoDB::Table");
+    assert_eq!(tables.len(), 1);
+    let (name, table) = tables[0];
+    assert_eq!(name, "ReplayTable");
+    assert_eq!(table["Condition"], "HasReplayGuard");
+    let properties = &table["Properties"];
+    assert_eq!(properties["BillingMode"], "PAY_PER_REQUEST");
+    assert_eq!(properties["KeySchema"][0]["AttributeName"], "id");
+    assert_eq!(
+        properties["TimeToLiveSpecification"]["AttributeName"],
+        "expires_at"
+    );
+    assert_eq!(properties["TimeToLiveSpecification"]["Enabled"], true);
+
+    let policy = &template["Resources"]["FunctionReplayPolicy"];
+    assert_eq!(policy["Condition"], "HasReplayGuard");
+    let granted = statements(&policy["Properties"]["PolicyDocument"]);
+    assert_eq!(granted.len(), 1);
+    assert_eq!(granted[0].0, set(&["dynamodb:UpdateItem"]));
+
+    let variable = tagged(environment(&template, "TOKEN_BROKER_REPLAY_TABLE"), "!If");
+    assert_eq!(variable[0], "HasReplayGuard");
+    assert_eq!(tagged(&variable[1], "!Ref"), "ReplayTable");
+}
+
+#[test]
+fn alarms_watch_5xx_sts_kms_jwks_and_denials_and_notify_the_optional_topic() {
+    let template = template();
+    assert_eq!(template["Parameters"]["AlarmTopicArn"]["Default"], "");
+    let namespace = tagged(
+        environment(&template, "TOKEN_BROKER_METRICS_NAMESPACE"),
+        "!Sub",
+    );
+    let alarms = resources_of_type(&template, "AWS::CloudWatch::Alarm");
+    let mut watched = BTreeSet::new();
+    for (name, alarm) in &alarms {
+        let properties = &alarm["Properties"];
+        let metric = properties["MetricName"].as_str().unwrap();
+        watched.insert(metric.to_owned());
+        if metric == "Url5xxCount" {
+            assert_eq!(properties["Namespace"], "AWS/Lambda");
+        } else {
+            assert_eq!(
+                tagged(&properties["Namespace"], "!Sub"),
+                namespace,
+                "{name}"
+            );
+        }
+        assert_eq!(properties["TreatMissingData"], "notBreaching", "{name}");
+        for actions in ["AlarmActions", "OKActions"] {
+            let choice = tagged(&properties[actions], "!If");
+            assert_eq!(choice[0], "HasAlarmTopic", "{name} {actions}");
+            assert_eq!(tagged(&choice[1][0], "!Ref"), "AlarmTopicArn");
+        }
+    }
+    assert_eq!(
+        watched,
+        set(&[
+            "Url5xxCount",
+            "StsErrors",
+            "KmsErrors",
+            "JwksFetchFailures",
+            "Decisions"
+        ])
+    );
+    let denials = &template["Resources"]["DeniedRequestsAlarm"]["Properties"];
+    assert_eq!(denials["Dimensions"][0]["Name"], "Outcome");
+    assert_eq!(denials["Dimensions"][0]["Value"], "deny");
+    assert_eq!(
+        tagged(&denials["Threshold"], "!Ref"),
+        "DeniedRequestsAlarmThreshold"
+    );
+}
+
+#[test]
+fn the_dashboard_shows_decisions_by_outcome_latency_percentiles_and_errors() {
+    let template = template();
+    let body = tagged(
+        &template["Resources"]["Dashboard"]["Properties"]["DashboardBody"],
+        "!Sub",
+    );
+    let text = body[0]
+        .as_str()
+        .unwrap()
+        .replace("${Namespace}", "TokenBroker/stack")
+        .replace("${AWS::Region}", "eu-west-1")
+        .replace("${BrokerFunction}", "stack");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let metrics: Vec<String> = dashboard["widgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["properties"]["metrics"].as_array().unwrap().clone())
+        .map(|m| m.to_string())
+        .collect();
+    let shows = |needle: &str| metrics.iter().any(|m| m.contains(needle));
+    for outcome in ["allow", "deny", "invalid_token", "error"] {
+        assert!(shows(&format!(r#""Outcome","{outcome}""#)), "{outcome}");
+    }
+    for needle in [
+        r#""stat":"p50""#,
+        r#""stat":"p99""#,
+        "Url5xxCount",
+        "StsErrors",
+        "KmsErrors",
+        "JwksFetchFailures",
+    ] {
+        assert!(shows(needle), "{needle} in {metrics:?}");
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod jwk;
 pub mod kms;
+pub mod replay;
 pub mod sts;
 
 pub use token_broker_policy::names;

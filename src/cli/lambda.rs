@@ -36,7 +36,8 @@ pub fn implied() -> Option<Command> {
 async fn run(settings: Settings) -> ExitCode {
     telemetry::init(true, &config::log_filter());
     let sdk = aws::sdk_config().await;
-    let state = match startup::build(&settings, &sdk, &sdk).await {
+    let operations = startup::Operations::from_settings(&settings, &sdk);
+    let state = match startup::build(&settings, &sdk, &sdk, operations).await {
         Ok(state) => state,
         Err(error) => return fail(&error),
     };

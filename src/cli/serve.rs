@@ -29,7 +29,8 @@ pub fn exec(args: Args) -> ExitCode {
 async fn run(settings: Settings, listen: SocketAddr) -> ExitCode {
     telemetry::init(false, &config::log_filter());
     let sdk = aws::sdk_config().await;
-    let state = match startup::build(&settings, &sdk, &sdk).await {
+    let operations = startup::Operations::from_settings(&settings, &sdk);
+    let state = match startup::build(&settings, &sdk, &sdk, operations).await {
         Ok(state) => state,
         Err(error) => return fail(&error),
     };

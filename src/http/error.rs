@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::body::{json_response, set_request_id};
 use crate::aws::kms::KmsError;
+use crate::aws::replay::ReplayError;
 use crate::aws::sts::StsError;
 use crate::broker::BrokerError;
 
@@ -36,11 +37,13 @@ pub enum ErrorCode {
     InvalidTarget,
     /// 400 on `/v1/token`: a grant type other than token exchange.
     UnsupportedGrantType,
-    /// 500: the broker is misconfigured or KMS refuses its key; retrying cannot help.
+    /// 500: the broker is misconfigured (a `token_uses` limit without a replay table) or KMS
+    /// refuses its key; retrying cannot help.
     ServerError,
     /// 502: STS refused the call or answered something unusable.
     BadGateway,
-    /// 503: an upstream is throttled, failing or slow; retry after `Retry-After`.
+    /// 503: an upstream (JWKS, STS, KMS, the replay table) is throttled, failing or slow; retry
+    /// after `Retry-After`.
     TemporarilyUnavailable,
 }
 
@@ -169,6 +172,11 @@ impl From<BrokerError> for ApiError {
             // A key KMS refuses stays refused until someone fixes it: no Retry-After.
             BrokerError::Kms(KmsError::Refused { .. }) => ErrorCode::ServerError,
             BrokerError::NoSigningKey => ErrorCode::NotFound,
+            // Fail closed: without its table the guard cannot tell a replay from a first use.
+            BrokerError::Replay(ReplayError::Unavailable { .. }) => {
+                ErrorCode::TemporarilyUnavailable
+            }
+            BrokerError::Replay(ReplayError::NotConfigured) => ErrorCode::ServerError,
         };
         Self::new(code, error.to_string())
     }

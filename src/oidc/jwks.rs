@@ -18,6 +18,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use crate::metrics::Metrics;
 use crate::policy::Issuer;
 
 /// Limits for JWKS fetches.
@@ -63,6 +64,7 @@ pub struct JwksCache {
     client: reqwest::Client,
     settings: JwksSettings,
     issuers: HashMap<String, IssuerKeys>,
+    metrics: Metrics,
 }
 
 struct IssuerKeys {
@@ -123,7 +125,13 @@ impl JwksCache {
             client,
             settings,
             issuers,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts each failed fetch in `metrics` (`JwksFetchFailures`); default: not counted.
+    pub fn set_metrics(&mut self, metrics: Metrics) {
+        self.metrics = metrics;
     }
 
     /// Fetches every issuer's keys at once, so the first request does not wait for them.
@@ -131,9 +139,7 @@ impl JwksCache {
     pub async fn prefetch(&self) {
         let fetches = self.issuers.values().map(|issuer| async move {
             let mut state = issuer.fetch.lock().await;
-            issuer
-                .refresh(&self.client, &self.settings, &mut state)
-                .await;
+            issuer.refresh(self, &mut state).await;
         });
         futures_util::future::join_all(fetches).await;
     }
@@ -150,9 +156,7 @@ impl JwksCache {
             return Ok(key);
         }
         if state.may_fetch(&self.settings) {
-            issuer
-                .refresh(&self.client, &self.settings, &mut state)
-                .await;
+            issuer.refresh(self, &mut state).await;
         }
         match issuer.cached_key(kid) {
             Some(key) => Ok(key),
@@ -189,14 +193,9 @@ impl IssuerKeys {
         fresh.then(|| keys.by_kid.get(kid).cloned()).flatten()
     }
 
-    async fn refresh(
-        &self,
-        client: &reqwest::Client,
-        settings: &JwksSettings,
-        state: &mut FetchState,
-    ) {
+    async fn refresh(&self, cache: &JwksCache, state: &mut FetchState) {
         state.last_attempt = Some(Instant::now());
-        let fetched = fetch(client, &self.jwks_url, settings.max_bytes)
+        let fetched = fetch(&cache.client, &self.jwks_url, cache.settings.max_bytes)
             .await
             .and_then(|body| usable_keys(&body, &self.algorithms));
         match fetched {
@@ -210,6 +209,7 @@ impl IssuerKeys {
             }
             Err(reason) => {
                 tracing::warn!(jwks_url = %self.jwks_url, %reason, "JWKS fetch failed; keeping cached keys");
+                cache.metrics.jwks_fetch_failure();
                 state.last_ok = false;
             }
         }

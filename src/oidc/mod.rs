@@ -86,6 +86,12 @@ impl Verifier {
         }
     }
 
+    /// The verifier counting failed JWKS fetches in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.keys.set_metrics(metrics);
+        self
+    }
+
     /// Fetches every issuer's keys now; see [`JwksCache::prefetch`].
     pub async fn prefetch(&self) {
         self.keys.prefetch().await;

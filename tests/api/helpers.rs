@@ -16,8 +16,9 @@ use local_issuer::kms::LocalKms;
 pub use local_issuer::moto::{self, recorded_assume_roles, recorded_session_names, sdk_config_for};
 pub use local_issuer::{LocalIssuer, forge, urn};
 use serde_json::Value;
+use token_broker::AppState;
 use token_broker::config::{self, Settings};
-use token_broker::{AppState, startup};
+use token_broker::startup::{self, Operations};
 
 /// What to start a broker with. `AppSpec::default()` is what [`spawn_app`] starts.
 pub struct AppSpec {
@@ -31,6 +32,8 @@ pub struct AppSpec {
     pub sts: Option<SdkConfig>,
     /// Where KMS calls go when `settings.kms_key_id` is set; default `None`: moto.
     pub kms: Option<SdkConfig>,
+    /// The replay table and the metric sink; default: neither.
+    pub operations: Operations,
 }
 
 impl Default for AppSpec {
@@ -41,6 +44,7 @@ impl Default for AppSpec {
             issuer: None,
             sts: None,
             kms: None,
+            operations: Operations::default(),
         }
     }
 }
@@ -101,7 +105,9 @@ pub async fn spawn_app_with(spec: AppSpec) -> TestApp {
     };
     let sts = with_broker_timeouts(spec.sts.unwrap_or_else(moto::sdk_config));
     let kms = with_broker_timeouts(spec.kms.unwrap_or_else(moto::sdk_config));
-    let state = startup::build(&settings, &sts, &kms).await.unwrap();
+    let state = startup::build(&settings, &sts, &kms, spec.operations)
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(token_broker::serve::run(

@@ -7,6 +7,8 @@ mod faults;
 mod helpers;
 mod job_scripts;
 mod lambda;
+mod metrics;
+mod replay;
 mod requests;
 mod sts_errors;
 mod subject;

@@ -36,7 +36,9 @@ impl Broker {
             .to_builder()
             .timeout_config(token_broker::aws::timeouts())
             .build();
-        let state: Arc<_> = startup::build(&settings, &sdk, &sdk).await.unwrap();
+        let state: Arc<_> = startup::build(&settings, &sdk, &sdk, Default::default())
+            .await
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(token_broker::serve::run(

@@ -9,7 +9,7 @@ use regex::Regex;
 use std::sync::LazyLock;
 use toml::Spanned;
 
-use crate::file::{LineIndex, RawIssuer, RawPolicy, RawRole, RawRule, RawToken, RawValue};
+use crate::file::{LineIndex, RawIssuer, RawPolicy, RawRole, RawRule, RawToken, RawUses, RawValue};
 use crate::names::{
     MAX_SESSION_POLICY_CHARS, MAX_SESSION_TAGS, RoleArn, RoleName, SessionDuration, SessionTag,
 };
@@ -26,10 +26,14 @@ const MIN_DURATION: Duration = SessionDuration::MIN.as_duration();
 const MAX_DURATION: Duration = SessionDuration::MAX.as_duration();
 const DEFAULT_MAX_TTL: Duration = Duration::from_secs(15 * 60);
 const MIN_TTL: Duration = Duration::from_secs(60);
+/// The largest `token_uses`: a limit above it guards nothing a job would notice.
+const MAX_TOKEN_USES: i64 = 1000;
 
 /// What every rule's compilation shares.
 struct Context<'a> {
     issuers: &'a [Issuer],
+    /// The policy-wide `token_uses`, for grants that set none.
+    token_uses: Option<u32>,
     lines: LineIndex,
     /// Compiled globs by source: large policies repeat a few (`v*`, `release/*`) thousands of
     /// times, and compiling a regular expression costs far more than matching one.
@@ -78,8 +82,13 @@ pub(crate) fn compile(
         );
     }
     let issuers = compile_issuers(&raw.issuers)?;
+    let token_uses = match &raw.token_uses {
+        Some(uses) => token_uses(uses)?,
+        None => None,
+    };
     let context = Context {
         issuers: &issuers,
+        token_uses,
         lines: LineIndex::new(text),
         patterns: RefCell::default(),
     };
@@ -231,8 +240,10 @@ fn compile_role(
         }
     };
     let rules = compile_rules(&role.allow, context)?;
+    let mut grant = Grant::new(GrantKind::Role, name.get_ref().clone(), rules);
+    grant.token_uses = grant_token_uses(role.token_uses.as_ref(), context)?;
     Ok(Role {
-        grant: Grant::new(GrantKind::Role, name.get_ref().clone(), rules),
+        grant,
         arn,
         max_duration,
         session_tags,
@@ -301,13 +312,43 @@ fn compile_token(
             .or_else(|e| error_at(source.span(), format!("subject {e}")))?,
         None => SubjectTemplate::default_for(requires(&rules, "environment")),
     };
+    let mut grant = Grant::new(GrantKind::Token, name.get_ref().clone(), rules);
+    grant.token_uses = grant_token_uses(token.token_uses.as_ref(), context)?;
     Ok(TokenGrant {
-        grant: Grant::new(GrantKind::Token, name.get_ref().clone(), rules),
+        grant,
         audience: audience.clone(),
         max_ttl,
         claims,
         subject,
     })
+}
+
+/// A grant's own `token_uses`, else the policy's.
+fn grant_token_uses(
+    own: Option<&Spanned<RawUses>>,
+    context: &Context<'_>,
+) -> Result<Option<u32>, CompileError> {
+    match own {
+        Some(uses) => token_uses(uses),
+        None => Ok(context.token_uses),
+    }
+}
+
+/// `1` to `1000`, or `"unlimited"` (`None`). Zero is refused rather than read as "unlimited" or
+/// "never": either reading would surprise half of the people who write it.
+fn token_uses(raw: &Spanned<RawUses>) -> Result<Option<u32>, CompileError> {
+    match raw.get_ref() {
+        RawUses::Count(n) if (1..=MAX_TOKEN_USES).contains(n) => {
+            Ok(Some(u32::try_from(*n).expect("at most 1000")))
+        }
+        RawUses::Word(word) if word == "unlimited" => Ok(None),
+        _ => error_at(
+            raw.span(),
+            format!(
+                "token_uses: a whole number from 1 to {MAX_TOKEN_USES} (how many times one GitLab token may be exchanged), or \"unlimited\""
+            ),
+        ),
+    }
 }
 
 /// Whether every rule has a condition on `claim` (so every token allowed carries it).

@@ -50,6 +50,45 @@ pub(crate) struct RawPolicy {
     pub roles: BTreeMap<Spanned<String>, Spanned<RawRole>>,
     #[serde(default, rename = "token")]
     pub tokens: BTreeMap<Spanned<String>, Spanned<RawToken>>,
+    /// The default of every role's and token's `token_uses`.
+    pub token_uses: Option<Spanned<RawUses>>,
+}
+
+/// `token_uses`: a count, or `"unlimited"` (how a grant opts out of the global default).
+#[derive(Debug)]
+pub(crate) enum RawUses {
+    Count(i64),
+    Word(String),
+}
+
+/// By hand rather than `#[serde(untagged)]`, whose error names this type instead of saying what
+/// to write.
+impl<'de> Deserialize<'de> for RawUses {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UsesVisitor;
+
+        impl serde::de::Visitor<'_> for UsesVisitor {
+            type Value = RawUses;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("token_uses: a whole number from 1 to 1000, or \"unlimited\"")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<RawUses, E> {
+                Ok(RawUses::Count(value))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<RawUses, E> {
+                Ok(RawUses::Count(i64::try_from(value).unwrap_or(i64::MAX)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<RawUses, E> {
+                Ok(RawUses::Word(value.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(UsesVisitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +99,7 @@ pub(crate) struct RawToken {
     #[serde(default)]
     pub claims: Vec<Spanned<String>>,
     pub subject: Option<Spanned<String>>,
+    pub token_uses: Option<Spanned<RawUses>>,
     #[serde(default)]
     pub allow: Vec<Spanned<RawRule>>,
 }
@@ -83,6 +123,7 @@ pub(crate) struct RawRole {
     #[serde(default)]
     pub session_tags: Vec<Spanned<String>>,
     pub session_policy: Option<Spanned<String>>,
+    pub token_uses: Option<Spanned<RawUses>>,
     #[serde(default)]
     pub allow: Vec<Spanned<RawRule>>,
 }

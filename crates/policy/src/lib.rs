@@ -79,6 +79,9 @@ pub struct Grant {
     pub name: String,
     /// The rules, any of which allows.
     pub rules: Vec<Rule>,
+    /// How many times one GitLab token (by `iss` and `jti`) may be exchanged for this grant;
+    /// default `None`: no limit, no replay guard. Set by `token_uses`, per grant or for all.
+    pub token_uses: Option<u32>,
     /// For large rule sets, which rules can match a given project or namespace.
     pub(crate) index: Option<index::RuleIndex>,
 }
@@ -93,6 +96,7 @@ impl Grant {
             kind,
             name,
             rules,
+            token_uses: None,
             index,
         }
     }
@@ -198,6 +202,12 @@ impl Policy {
     /// The token whose audience is `audience`, if any.
     pub fn token_for(&self, audience: &str) -> Option<&TokenGrant> {
         self.tokens.iter().find(|token| token.audience == audience)
+    }
+
+    /// Whether any role or token limits how often one GitLab token may be exchanged for it, so
+    /// the broker needs its replay table.
+    pub fn guards_replay(&self) -> bool {
+        self.grants().any(|grant| grant.token_uses.is_some())
     }
 
     /// Every role's and token's rules, roles first, in file order.

@@ -544,3 +544,47 @@ fn an_indexed_grant_decides_exactly_like_a_full_scan() {
         jobs.len()
     );
 }
+
+#[test]
+fn token_uses_defaults_to_no_limit_and_a_grant_overrides_the_policy_default() {
+    let uses = |policy: &Policy, role: &str| policy.role(role).unwrap().grant.token_uses;
+    let plain = compile(POLICY).unwrap();
+    assert_eq!(uses(&plain, "deploy-web-prod"), None);
+    assert!(!plain.guards_replay());
+
+    let global = compile(&format!("token_uses = 1\n{POLICY}")).unwrap();
+    assert_eq!(uses(&global, "deploy-web-prod"), Some(1));
+    assert_eq!(uses(&global, "nightly"), Some(1));
+    assert!(global.guards_replay());
+
+    let text = format!("token_uses = 1\n{POLICY}{TOKENS}")
+        .replacen(
+            "max_duration = \"30m\"",
+            "max_duration = \"30m\"\ntoken_uses = \"unlimited\"",
+            1,
+        )
+        .replacen(
+            "max_duration = \"1h\"",
+            "max_duration = \"1h\"\ntoken_uses = 2",
+            1,
+        );
+    let mixed = compile(&text).unwrap();
+    assert_eq!(uses(&mixed, "deploy-web-prod"), Some(2));
+    assert_eq!(uses(&mixed, "nightly"), None);
+    let token = mixed.token_for("sts.amazonaws.com").unwrap();
+    assert_eq!(token.grant.token_uses, Some(1));
+}
+
+#[test]
+fn a_token_uses_that_is_not_a_count_or_unlimited_is_refused_at_its_line() {
+    for bad in ["0", "-1", "1001", "\"once\"", "1.5", "true"] {
+        let text = POLICY.replacen(
+            "max_duration = \"30m\"",
+            &format!("max_duration = \"30m\"\ntoken_uses = {bad}"),
+            1,
+        );
+        let error = compile(&text).expect_err(bad);
+        assert!(error.message.contains("token_uses"), "{bad}: {error}");
+        assert!(error.line > 0, "{bad}: {error}");
+    }
+}
