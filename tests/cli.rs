@@ -289,3 +289,311 @@ fn the_policy_file_comes_from_token_broker_policy_unless_policy_is_given() {
     assert!(stderr.contains("policy-from-flag.toml"), "{stderr}");
     assert!(!stderr.contains("policy-from-env.toml"), "{stderr}");
 }
+
+/// The example policy (with its session policies) copied into `dir`, edited by `edit`.
+fn example_copy(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    let from = root().join("examples/policy");
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    for entry in std::fs::read_dir(from.join("policies")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join("policies").join(entry.file_name())).unwrap();
+    }
+    let text = std::fs::read_to_string(from.join("policy.toml")).unwrap();
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+#[test]
+fn diff_shows_the_access_a_change_adds_and_can_fail_the_pipeline_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = example_copy(&dir.path().join("old"), |t| t);
+    let new = example_copy(&dir.path().join("new"), |t| {
+        t.replacen("ref = \"main\"", "ref = \"*\"", 1)
+    });
+    let (old, new) = (old.to_str().unwrap(), new.to_str().unwrap());
+
+    let output = broker(&["policy", "diff", old, new]);
+    assert_eq!(output.status.code(), Some(0));
+    let text = stdout(&output);
+    assert!(
+        text.starts_with(
+            "WIDENS role \"deploy-web-prod\" rule 1 changed (line 17): ref: \"main\" → \"*\"\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("project 4242 · branch x (protected) · env production (protected): role \"deploy-web-prod\" deny → ALLOW"),
+        "{text}"
+    );
+    let failing = broker(&["policy", "diff", "--fail-on-widening", old, new]);
+    assert_eq!(failing.status.code(), Some(2));
+    let narrowing = broker(&["policy", "diff", "--fail-on-widening", new, old]);
+    assert_eq!(narrowing.status.code(), Some(0), "{}", stdout(&narrowing));
+
+    let same = broker(&["policy", "diff", "--fail-on-widening", old, old]);
+    assert_eq!(
+        (same.status.code(), stdout(&same).as_str()),
+        (Some(0), "no access changes\n")
+    );
+
+    let json = broker(&["policy", "diff", "--format", "json", old, new]);
+    let delta: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(delta["widening"], true);
+    let before = delta["changes"][0]["before"]["text"].as_str().unwrap();
+    assert!(before.contains("ref = \"main\""), "{before}");
+    let markdown = stdout(&broker(&[
+        "policy", "diff", "--format", "markdown", old, new,
+    ]));
+    assert!(
+        markdown.starts_with("### Policy access changes"),
+        "{markdown}"
+    );
+}
+
+#[test]
+fn check_writes_gitlab_code_quality_json() {
+    let output = broker(&[
+        "policy",
+        "check",
+        "--format",
+        "codequality",
+        &fixture("TB104"),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let issues: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let issue = &issues.as_array().unwrap()[0];
+    assert_eq!(issue["check_name"], "TB104");
+    assert_eq!(issue["severity"], "critical");
+    assert_eq!(issue["location"]["path"], fixture("TB104"));
+    assert!(issue["location"]["lines"]["begin"].as_u64().unwrap() > 0);
+    assert!(issue["fingerprint"].is_string());
+    let broken = broker(&["policy", "check", "--format", "codequality", "Cargo.toml"]);
+    let issues: serde_json::Value = serde_json::from_slice(&broken.stdout).unwrap();
+    assert_eq!(issues[0]["check_name"], "compile");
+}
+
+#[test]
+fn test_writes_junit_that_an_independent_parser_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.toml");
+    std::fs::write(
+        &cases,
+        r#"
+[[case]]
+name = "main deploys to production"
+role = "deploy-web-prod"
+claims = { project_id = "4242", namespace_id = "72", ref = "main", ref_type = "branch", ref_protected = "true", environment = "production", environment_protected = "true" }
+expect = "allow"
+
+[[case]]
+name = "feature <branches> & \"friends\" deploy (wrong on purpose)"
+role = "deploy-web-prod"
+claims = { project_id = "4242", namespace_id = "72", ref = "feature/x", ref_type = "branch", ref_protected = "false" }
+expect = "allow"
+"#,
+    )
+    .unwrap();
+    let junit = dir.path().join("junit.xml");
+    let output = broker(&[
+        "policy",
+        "test",
+        "--junit",
+        junit.to_str().unwrap(),
+        "examples/policy/policy.toml",
+        cases.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let script = r#"
+import json, sys
+from junitparser import JUnitXml, Failure
+xml = JUnitXml.fromfile(sys.argv[1])
+cases = [c for suite in xml for c in suite]
+print(json.dumps({"tests": xml.tests, "failures": xml.failures,
+    "cases": [[c.name, [r.message for r in c.result if isinstance(r, Failure)]] for c in cases]}))
+"#;
+    let parsed = Command::new(root().join(".venv/bin/python"))
+        .args(["-c", script, junit.to_str().unwrap()])
+        .output()
+        .expect(".venv/bin/python (scripts/test installs junitparser)");
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    assert_eq!(
+        (report["tests"].as_u64(), report["failures"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(report["cases"][0][0], "main deploys to production");
+    assert_eq!(report["cases"][0][1], serde_json::json!([]));
+    assert_eq!(
+        report["cases"][1][0],
+        "feature <branches> & \"friends\" deploy (wrong on purpose)"
+    );
+    assert!(
+        report["cases"][1][1][0]
+            .as_str()
+            .unwrap()
+            .starts_with("expected allow")
+    );
+}
+
+#[test]
+fn access_lists_who_can_get_what_and_one_projects_view() {
+    let all = stdout(&broker(&[
+        "policy",
+        "access",
+        "examples/policy/policy.toml",
+    ]));
+    assert!(all.contains("rule 1 (line 31): namespace_id 72 · project_path acme/* · tag v* | release-* (protected) · env any"), "{all}");
+    let feature = broker(&[
+        "policy",
+        "access",
+        "--project",
+        "4242",
+        "--ref",
+        "feature/x",
+        "examples/policy/policy.toml",
+    ]);
+    assert_eq!(feature.status.code(), Some(0));
+    assert!(
+        !stdout(&feature).contains("deploy-web-prod"),
+        "{}",
+        stdout(&feature)
+    );
+    let orphan = broker(&[
+        "policy",
+        "access",
+        "--ref",
+        "main",
+        "examples/policy/policy.toml",
+    ]);
+    assert_ne!(orphan.status.code(), Some(0), "--ref needs --project");
+}
+
+/// The step of `examples/gitlab-ci/broker.yml`'s `policy-diff` job that posts the delta as a
+/// merge request note, as GitLab runs it (`bash -e`), against a stand-in GitLab API answering
+/// `status`: the request it got (request line, headers, body) and the step's outcome.
+fn post_note(status: &str, token: Option<&str>) -> (Option<String>, Output) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let pipeline: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("examples/gitlab-ci/broker.yml")).unwrap(),
+    )
+    .unwrap();
+    let step = pipeline["policy-diff"]["script"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|line| line.as_str())
+        .find(|line| line.contains("POLICY_REVIEW_TOKEN"))
+        .expect("the note step")
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy-access-changes.md"),
+        "### Policy access changes\n\n| a | \"b\" |\n",
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let status = status.to_owned();
+    let server = std::thread::spawn(move || {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (stream, _) = loop {
+            match listener.accept() {
+                Ok(accepted) => break accepted,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(_) => return None,
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut head = String::new();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let answer = format!(r#"{{"message":"{status} from the stand-in"}}"#);
+        write!(
+            &stream,
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            answer.len()
+        )
+        .unwrap();
+        Some(head + &String::from_utf8(body).unwrap())
+    });
+    let mut command = Command::new("bash");
+    command
+        .args(["-e", "-c", &step])
+        .current_dir(dir.path())
+        .env("CI_API_V4_URL", format!("http://127.0.0.1:{port}/api/v4"))
+        .env("CI_PROJECT_ID", "7")
+        .env("CI_MERGE_REQUEST_IID", "3")
+        .env_remove("POLICY_REVIEW_TOKEN");
+    if let Some(token) = token {
+        command.env("POLICY_REVIEW_TOKEN", token);
+    }
+    let output = command.output().unwrap();
+    let request = if token.is_some() {
+        server.join().unwrap()
+    } else {
+        None
+    };
+    (request, output)
+}
+
+#[test]
+fn the_pipeline_posts_the_delta_as_a_note_and_fails_when_gitlab_refuses() {
+    let (request, output) = post_note("201 Created", Some("glpat-review"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let request = request.expect("a request");
+    assert!(
+        request.starts_with("POST /api/v4/projects/7/merge_requests/3/notes HTTP/1.1\r\n"),
+        "{request}"
+    );
+    assert!(
+        request
+            .to_ascii_lowercase()
+            .contains("private-token: glpat-review"),
+        "{request}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(request.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["body"], "### Policy access changes\n\n| a | \"b\" |\n");
+
+    let (_, refused) = post_note("403 Forbidden", Some("glpat-expired"));
+    assert!(
+        !refused.status.success(),
+        "a refused note must fail the job"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("403 Forbidden from the stand-in"),
+        "GitLab's answer is shown: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let (_, skipped) = post_note("201 Created", None);
+    assert!(
+        skipped.status.success(),
+        "without a token the note is skipped"
+    );
+}

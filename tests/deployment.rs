@@ -431,3 +431,38 @@ fn the_dashboard_shows_decisions_by_outcome_latency_percentiles_and_errors() {
         assert!(shows(needle), "{needle} in {metrics:?}");
     }
 }
+
+#[test]
+fn merge_requests_show_lint_findings_case_results_and_the_access_delta() {
+    let broker: Value = serde_yaml::from_str(&read("examples/gitlab-ci/broker.yml")).unwrap();
+    let reports = &broker["policy"]["artifacts"]["reports"];
+    assert_eq!(reports["codequality"], "gl-code-quality-report.json");
+    assert_eq!(reports["junit"], "policy-tests.xml");
+    let script = |job: &str| -> String {
+        broker[job]["script"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        script("policy").contains(
+            "policy check --format codequality policy.toml > gl-code-quality-report.json"
+        )
+    );
+    assert!(script("policy").contains("policy test --junit policy-tests.xml"));
+    let diff = &broker["policy-diff"];
+    assert_eq!(
+        diff["rules"][0]["if"],
+        "$CI_PIPELINE_SOURCE == \"merge_request_event\""
+    );
+    assert_eq!(diff["artifacts"]["expose_as"], "policy access changes");
+    let diff_script = script("policy-diff");
+    assert!(diff_script.contains("$CI_MERGE_REQUEST_DIFF_BASE_SHA"));
+    assert!(diff_script.contains("policy diff --format markdown"));
+    // The note is posted only with a token, and a failed post fails the job.
+    assert!(diff_script.contains("if [ -n \"${POLICY_REVIEW_TOKEN:-}\" ]"));
+    assert!(diff_script.contains("--fail-with-body") && diff_script.contains("exit 1"));
+}

@@ -1,5 +1,9 @@
-//! `token-broker policy check|test|explain`: the policy tooling a deploy pipeline runs. Needs no
-//! network and no AWS; prints for people by default, JSON for machines with `--format json`.
+//! `token-broker policy check|test|explain|diff|access`: the policy tooling a deploy pipeline
+//! and a merge request review run. Needs no network and no AWS; prints for people by default,
+//! JSON for machines with `--format json`, and GitLab's report formats where GitLab reads them.
+
+mod access;
+mod diff;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,7 +13,8 @@ use serde_json::json;
 use crate::policy::cases;
 use crate::policy::explain::explain;
 use crate::policy::lint::{Finding, Severity, lint, render_human};
-use crate::policy::{Claims, Policy, load};
+use crate::policy::report::{code_quality, junit};
+use crate::policy::{Claims, Policy, PolicyError, load};
 
 /// Arguments of `policy`: which of its subcommands to run.
 #[derive(clap::Args)]
@@ -32,6 +37,9 @@ enum Command {
     Test {
         file: PathBuf,
         cases: Option<PathBuf>,
+        /// Also write the results as JUnit XML (GitLab's test report) to this file.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
     /// Show which rules match a decoded token's claims and why the others do not.
     Explain {
@@ -43,6 +51,10 @@ enum Command {
         #[arg(long)]
         role: Option<String>,
     },
+    /// The access a change adds or removes, from OLD to NEW; widening changes first.
+    Diff(diff::Args),
+    /// Who can get what: every rule as a table, or what one project can get.
+    Access(access::Args),
 }
 
 /// Runs the chosen `policy` subcommand; exit 1 when the policy or a case fails.
@@ -53,8 +65,10 @@ pub fn exec(args: Args) -> ExitCode {
             format,
             deny_warnings,
         } => check(&file, format, deny_warnings),
-        Command::Test { file, cases } => test(&file, cases),
+        Command::Test { file, cases, junit } => test(&file, cases, junit.as_deref()),
         Command::Explain { file, claims, role } => explain_claims(&file, &claims, role.as_deref()),
+        Command::Diff(args) => diff::exec(args),
+        Command::Access(args) => access::exec(args),
     }
 }
 
@@ -65,26 +79,52 @@ pub enum Format {
     Human,
     /// One JSON object with the findings and the error and warning counts.
     Json,
+    /// GitLab Code Quality (CodeClimate) JSON, for `artifacts:reports:codequality`.
+    Codequality,
+}
+
+/// Output format of `policy diff` and `policy access`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Report {
+    /// Lines for a terminal or a job log.
+    Text,
+    /// Tables for a merge request note or artifact.
+    Markdown,
+    /// One JSON object, for machines.
+    Json,
+}
+
+/// `file`'s policy, or the exit code after saying on stderr why it does not load.
+fn load_or_exit(file: &Path) -> Result<Policy, ExitCode> {
+    load(file).map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::FAILURE
+    })
 }
 
 /// Compiles and lints `file`. Exit 1 on a compile error or an error finding (or any warning
 /// with `deny_warnings`), else 0.
 fn check(file: &Path, format: Format, deny_warnings: bool) -> ExitCode {
-    let (findings, compile_error) = match load(file) {
+    let (findings, compile_error): (_, Option<PolicyError>) = match load(file) {
         Ok(policy) => (lint(&policy), None),
-        Err(error) => (Vec::new(), Some(error.to_string())),
+        Err(error) => (Vec::new(), Some(error)),
     };
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)
         .count();
     let warnings = findings.len() - errors;
+    let message = compile_error.as_ref().map(PolicyError::to_string);
     match format {
         Format::Json => println!(
             "{}",
-            check_json(file, &findings, compile_error.as_deref(), errors, warnings)
+            check_json(file, &findings, message.as_deref(), errors, warnings)
         ),
-        Format::Human => print!("{}", check_human(file, &findings, compile_error.as_deref())),
+        Format::Human => print!("{}", check_human(file, &findings, message.as_deref())),
+        Format::Codequality => {
+            let compile_error = compile_error.as_ref().map(|e| (e.line, e.message.as_str()));
+            println!("{}", code_quality(file, &findings, compile_error));
+        }
     }
     let failed = compile_error.is_some() || errors > 0 || (deny_warnings && warnings > 0);
     if failed {
@@ -121,8 +161,9 @@ fn check_human(file: &Path, findings: &[Finding], compile_error: Option<&str>) -
     }
 }
 
-/// Runs the decision cases in `cases_file` (default: `policy.tests.toml` beside the policy).
-fn test(file: &Path, cases_file: Option<PathBuf>) -> ExitCode {
+/// Runs the decision cases in `cases_file` (default: `policy.tests.toml` beside the policy), and
+/// writes them as JUnit XML to `junit_file` when asked.
+fn test(file: &Path, cases_file: Option<PathBuf>, junit_file: Option<&Path>) -> ExitCode {
     let cases_file = cases_file.unwrap_or_else(|| file.with_file_name("policy.tests.toml"));
     let outcome = match load(file)
         .map_err(|e| e.to_string())
@@ -145,6 +186,12 @@ fn test(file: &Path, cases_file: Option<PathBuf>) -> ExitCode {
         outcome.passed,
         outcome.failures.len()
     );
+    if let Some(path) = junit_file
+        && let Err(error) = std::fs::write(path, junit(&cases_file, &outcome))
+    {
+        eprintln!("error: {}: {error}", path.display());
+        return ExitCode::FAILURE;
+    }
     if outcome.failures.is_empty() {
         ExitCode::SUCCESS
     } else {

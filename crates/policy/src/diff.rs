@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use crate::{Claims, Grant, GrantKind, Policy, Role, Rule, TokenGrant};
 
 /// Claims every probe set varies, whether or not a rule names them: the ones reviewers reason
-/// about (who, which ref, which environment, how the pipeline started).
+/// about (who, which ref, which environment, how the pipeline started). `describe` words all but
+/// the last in its own way.
 const PROBE_CLAIMS: [&str; 8] = [
     "project_id",
     "namespace_id",
@@ -85,8 +86,10 @@ pub enum What {
 pub struct RuleText {
     pub number: usize,
     pub line: usize,
-    /// `project_id = "4242", ref = "main" | "release-*"`, in the file's order.
+    /// `project_id = "4242", ref = "main" | "release-*"`.
     pub text: String,
+    /// Each condition as (claim, `"main" | "release-*"`), for showing what a change touched.
+    pub conditions: Vec<(String, String)>,
 }
 
 /// A probe job whose decision for one grant differs.
@@ -117,26 +120,15 @@ impl Delta {
 /// The delta from `old` to `new`; `cases` are extra probe jobs (`policy.tests.toml`'s).
 pub fn diff(old: &Policy, new: &Policy, cases: &[Claims]) -> Delta {
     let mut changes = Vec::new();
-    for (name, before, after) in paired(&old.roles, &new.roles, |r| &r.grant) {
-        grant_changes(
-            &mut changes,
-            GrantKind::Role,
-            name,
-            before.map(|r| &r.grant),
-            after.map(|r| &r.grant),
-        );
+    for (kind, name, before, after) in grant_pairs(old, new) {
+        grant_changes(&mut changes, kind, name, before, after);
+    }
+    for (_, before, after) in paired(&old.roles, &new.roles, |r| &r.grant) {
         if let (Some(before), Some(after)) = (before, after) {
             role_settings(&mut changes, before, after);
         }
     }
-    for (name, before, after) in paired(&old.tokens, &new.tokens, |t| &t.grant) {
-        grant_changes(
-            &mut changes,
-            GrantKind::Token,
-            name,
-            before.map(|t| &t.grant),
-            after.map(|t| &t.grant),
-        );
+    for (_, before, after) in paired(&old.tokens, &new.tokens, |t| &t.grant) {
         if let (Some(before), Some(after)) = (before, after) {
             token_settings(&mut changes, before, after);
         }
@@ -146,6 +138,29 @@ pub fn diff(old: &Policy, new: &Policy, cases: &[Claims]) -> Delta {
     let mut decisions = decision_changes(old, new, cases);
     decisions.sort_by_key(|d| !d.after);
     Delta { changes, decisions }
+}
+
+/// Every grant of both files: (kind, name, old, new), roles then tokens.
+type GrantPair<'p> = (GrantKind, &'p str, Option<&'p Grant>, Option<&'p Grant>);
+
+fn grant_pairs<'p>(old: &'p Policy, new: &'p Policy) -> Vec<GrantPair<'p>> {
+    let mut pairs = pairs_of(GrantKind::Role, &old.roles, &new.roles, |r| &r.grant);
+    pairs.extend(pairs_of(GrantKind::Token, &old.tokens, &new.tokens, |t| {
+        &t.grant
+    }));
+    pairs
+}
+
+fn pairs_of<'p, T>(
+    kind: GrantKind,
+    old: &'p [T],
+    new: &'p [T],
+    grant: fn(&T) -> &Grant,
+) -> Vec<GrantPair<'p>> {
+    paired(old, new, grant)
+        .into_iter()
+        .map(|(name, before, after)| (kind, name, before.map(grant), after.map(grant)))
+        .collect()
 }
 
 /// The grants of both files by name: (name, old, new), old file's order first.
@@ -198,6 +213,25 @@ fn grant_changes(
             false,
         ),
         (Some(before), Some(after)) => {
+            let uses = |grant: &Grant| {
+                grant
+                    .token_uses
+                    .map_or("unlimited".into(), |n| n.to_string())
+            };
+            if before.token_uses != after.token_uses {
+                // More uses of one token, or none counted, lets a leaked token do more.
+                let widening = match (before.token_uses, after.token_uses) {
+                    (Some(old), Some(new)) => new > old,
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                let what = What::Setting {
+                    name: "token_uses",
+                    before: uses(before),
+                    after: uses(after),
+                };
+                push(what, widening);
+            }
             // Rules present in both files unchanged (wherever they moved) are no change; the
             // rest pair up in order as changed rules, and what is left was added or removed.
             let mut removed: Vec<&Rule> = before.rules.iter().collect();
@@ -229,86 +263,87 @@ fn grant_changes(
     }
 }
 
-fn role_settings(changes: &mut Vec<Change>, before: &Role, after: &Role) {
-    let mut push = |name, old: String, new: String, widening| {
-        if old != new {
-            changes.push(Change {
-                kind: GrantKind::Role,
-                grant: after.grant.name.clone(),
+/// Records the setting `name` of a grant when it changed.
+struct Settings<'c> {
+    changes: &'c mut Vec<Change>,
+    kind: GrantKind,
+    grant: &'c str,
+}
+
+impl Settings<'_> {
+    fn compare(&mut self, name: &'static str, before: String, after: String, widening: bool) {
+        if before != after {
+            self.changes.push(Change {
+                kind: self.kind,
+                grant: self.grant.to_owned(),
                 what: What::Setting {
                     name,
-                    before: old,
-                    after: new,
+                    before,
+                    after,
                 },
                 widening,
             });
         }
+    }
+}
+
+fn role_settings(changes: &mut Vec<Change>, before: &Role, after: &Role) {
+    let mut settings = Settings {
+        changes,
+        kind: GrantKind::Role,
+        grant: &after.grant.name,
     };
     // Another role is other access, whatever its name.
-    push("arn", before.arn.to_string(), after.arn.to_string(), true);
-    push(
+    settings.compare("arn", before.arn.to_string(), after.arn.to_string(), true);
+    settings.compare(
         "max_duration",
         duration(before.max_duration),
         duration(after.max_duration),
         after.max_duration > before.max_duration,
     );
-    push(
+    settings.compare(
         "session_tags",
         before.session_tags.join(", "),
         after.session_tags.join(", "),
         false,
     );
     // A session policy only ever narrows the role: removing or changing it can widen.
-    push(
+    let policy = |role: &Role| role.session_policy.clone().unwrap_or_else(|| "none".into());
+    settings.compare(
         "session_policy",
-        before
-            .session_policy
-            .clone()
-            .unwrap_or_else(|| "none".into()),
-        after
-            .session_policy
-            .clone()
-            .unwrap_or_else(|| "none".into()),
+        policy(before),
+        policy(after),
         before.session_policy.is_some(),
     );
 }
 
 fn token_settings(changes: &mut Vec<Change>, before: &TokenGrant, after: &TokenGrant) {
-    let mut push = |name, old: String, new: String, widening| {
-        if old != new {
-            changes.push(Change {
-                kind: GrantKind::Token,
-                grant: after.grant.name.clone(),
-                what: What::Setting {
-                    name,
-                    before: old,
-                    after: new,
-                },
-                widening,
-            });
-        }
+    let mut settings = Settings {
+        changes,
+        kind: GrantKind::Token,
+        grant: &after.grant.name,
     };
     // A relying party trusts the token by `aud` and `sub`: changing either reaches other trust.
-    push(
+    settings.compare(
         "audience",
         before.audience.clone(),
         after.audience.clone(),
         true,
     );
-    push(
+    settings.compare(
         "subject",
         before.subject.source().to_owned(),
         after.subject.source().to_owned(),
         true,
     );
-    push(
+    settings.compare(
         "max_ttl",
         duration(before.max_ttl),
         duration(after.max_ttl),
         after.max_ttl > before.max_ttl,
     );
     let added_claims = after.claims.iter().any(|c| !before.claims.contains(c));
-    push(
+    settings.compare(
         "claims",
         before.claims.join(", "),
         after.claims.join(", "),
@@ -342,24 +377,36 @@ fn same_rule(a: &Rule, b: &Rule) -> bool {
     rule_key(a) == rule_key(b)
 }
 
-/// Whether `new` may admit a job `old` did not: another issuer, a condition dropped, or a
-/// pattern added to a condition. (A pattern added can also be narrower, say `v1*` beside `v*`;
-/// the decisions on the probe jobs tell which.)
+/// Whether `new` may admit a job `old` did not: another issuer, the path-only waiver, a
+/// condition dropped, or a value added to a condition that no old value of it already covers
+/// (a literal an old glob matches is covered; a new glob is covered only by itself). The
+/// decisions on the probe jobs show what each change really does.
 fn rule_widens(old: &Rule, new: &Rule) -> bool {
-    let (old_issuer, old_conditions, old_waiver) = rule_key(old);
-    let (new_issuer, new_conditions, new_waiver) = rule_key(new);
-    old_issuer != new_issuer
-        || (new_waiver && !old_waiver)
-        || old_conditions.iter().any(|(claim, patterns)| {
-            new_conditions
-                .get(claim)
-                .is_none_or(|new_patterns| !new_patterns.is_subset(patterns))
+    let covered = |claim: &str, pattern: &crate::Pattern| {
+        let Some(condition) = old.conditions.iter().find(|c| c.claim == claim) else {
+            return false;
+        };
+        condition.patterns.iter().any(|known| match pattern {
+            crate::Pattern::Exact(text) => known.matches(text),
+            crate::Pattern::Glob { source, .. } => known.source() == source,
+        })
+    };
+    old.issuer != new.issuer
+        || (new.allow_path_only && !old.allow_path_only)
+        || old.conditions.iter().any(|condition| {
+            match new.conditions.iter().find(|c| c.claim == condition.claim) {
+                None => true,
+                Some(narrower) => !narrower
+                    .patterns
+                    .iter()
+                    .all(|pattern| covered(&condition.claim, pattern)),
+            }
         })
 }
 
 /// `project_id = "4242", ref = "main" | "release-*"`.
 pub fn rule_text(rule: &Rule) -> RuleText {
-    let text = rule
+    let conditions: Vec<(String, String)> = rule
         .conditions
         .iter()
         .map(|c| {
@@ -368,63 +415,105 @@ pub fn rule_text(rule: &Rule) -> RuleText {
                 .iter()
                 .map(|p| format!("{:?}", p.source()))
                 .collect();
-            format!("{} = {}", c.claim, values.join(" | "))
+            (c.claim.clone(), values.join(" | "))
         })
+        .collect();
+    let text = conditions
+        .iter()
+        .map(|(claim, values)| format!("{claim} = {values}"))
         .collect::<Vec<_>>()
         .join(", ");
     RuleText {
         number: rule.number,
         line: rule.line,
         text,
+        conditions,
     }
 }
 
-/// Every probe job, decided by both policies, where the decision differs.
+/// What a changed rule changed: `ref: "main" → "release/*"`, `+ pipeline_source = "push"`,
+/// `− environment_protected = "true"`.
+fn rule_edits(before: &RuleText, after: &RuleText) -> String {
+    let find = |rule: &RuleText, claim: &str| {
+        rule.conditions
+            .iter()
+            .find(|(c, _)| c == claim)
+            .map(|(_, v)| v.clone())
+    };
+    let mut edits = Vec::new();
+    for (claim, old) in &before.conditions {
+        match find(after, claim) {
+            Some(new) if &new != old => edits.push(format!("{claim}: {old} → {new}")),
+            Some(_) => {}
+            None => edits.push(format!("− {claim} = {old}")),
+        }
+    }
+    for (claim, new) in &after.conditions {
+        if find(before, claim).is_none() {
+            edits.push(format!("+ {claim} = {new}"));
+        }
+    }
+    if edits.is_empty() {
+        // Same conditions: the issuer or the path-only waiver changed.
+        format!("{} → {}", before.text, after.text)
+    } else {
+        edits.join("; ")
+    }
+}
+
+/// Every probe job, decided by both policies, where the decision differs. Only the smallest
+/// jobs that show a change are kept: a job that adds claims to one already listed for the same
+/// grant and the same change says nothing new.
 fn decision_changes(old: &Policy, new: &Policy, cases: &[Claims]) -> Vec<DecisionChange> {
     let probes = probes(old, new, cases);
     let several_issuers = old.issuers.len().max(new.issuers.len()) > 1;
+    let named = named_claims(old, new);
     let mut changes = Vec::new();
-    let mut seen = BTreeSet::new();
-    let roles = paired(&old.roles, &new.roles, |r| &r.grant);
-    let tokens = paired(&old.tokens, &new.tokens, |t| &t.grant);
-    let grants = roles
-        .iter()
-        .map(|(name, b, a)| {
-            (
-                GrantKind::Role,
-                *name,
-                b.map(|r| &r.grant),
-                a.map(|r| &r.grant),
-            )
-        })
-        .chain(tokens.iter().map(|(name, b, a)| {
-            (
-                GrantKind::Token,
-                *name,
-                b.map(|t| &t.grant),
-                a.map(|t| &t.grant),
-            )
-        }));
-    for (kind, name, before, after) in grants {
+    for (kind, name, before, after) in grant_pairs(old, new) {
+        // (issuer, the claims a rule names) of each job whose decision changed, by direction.
+        let mut shown: Vec<(bool, &str, BTreeMap<&str, &str>)> = Vec::new();
+        let mut found: Vec<(bool, &str, BTreeMap<&str, &str>)> = Vec::new();
         for probe in &probes {
             let allows = |grant: Option<&Grant>| grant.is_some_and(|g| g.decide(probe).is_allow());
             let (was, is) = (allows(before), allows(after));
-            if was == is {
-                continue;
+            if was != is {
+                let relevant = probe.iter().filter(|(c, _)| named.contains(c)).collect();
+                found.push((is, probe.issuer(), relevant));
             }
-            let described = describe(probe, several_issuers);
-            if seen.insert((kind, name, described.clone())) {
-                changes.push(DecisionChange {
-                    probe: described,
-                    kind,
-                    grant: name.to_owned(),
-                    before: was,
-                    after: is,
-                });
+        }
+        found.sort_by_key(|(_, _, claims)| claims.len());
+        for (is, issuer, claims) in found {
+            let covered = shown.iter().any(|(d, i, smaller)| {
+                *d == is && *i == issuer && smaller.iter().all(|(c, v)| claims.get(c) == Some(v))
+            });
+            if !covered {
+                shown.push((is, issuer, claims));
             }
+        }
+        for (is, issuer, claims) in shown {
+            changes.push(DecisionChange {
+                probe: describe(issuer, &claims, several_issuers),
+                kind,
+                grant: name.to_owned(),
+                before: !is,
+                after: is,
+            });
         }
     }
     changes
+}
+
+/// The claims worth showing in a probe job: the ones some rule of either file names, and the
+/// ones every probe set varies.
+fn named_claims<'p>(old: &'p Policy, new: &'p Policy) -> BTreeSet<&'p str> {
+    [old, new]
+        .into_iter()
+        .flat_map(|p| p.grants())
+        .flat_map(|g| &g.rules)
+        .flat_map(|r| &r.conditions)
+        .map(|c| c.claim.as_str())
+        .chain(PROBE_CLAIMS)
+        .collect()
 }
 
 /// Probe jobs: for every rule of either file, a job that the rule admits, then that job with
@@ -482,10 +571,11 @@ fn probes(old: &Policy, new: &Policy, cases: &[Claims]) -> Vec<Claims> {
 }
 
 /// `project 4242 · namespace 72 · branch main (protected) · env production (protected)`.
-pub fn describe(job: &Claims, with_issuer: bool) -> String {
+fn describe(issuer: &str, claims: &BTreeMap<&str, &str>, with_issuer: bool) -> String {
+    let job = Claims::from_pairs(issuer, claims.iter().map(|(k, v)| (*k, *v)));
     let mut parts = Vec::new();
     if with_issuer {
-        parts.push(job.issuer().to_owned());
+        parts.push(issuer.to_owned());
     }
     if let Some(id) = job.get("project_id") {
         parts.push(format!("project {id}"));
@@ -516,17 +606,10 @@ pub fn describe(job: &Claims, with_issuer: bool) -> String {
         }
         None => {}
     }
-    const SHOWN: [&str; 7] = [
-        "project_id",
-        "namespace_id",
-        "ref_type",
-        "ref",
-        "ref_protected",
-        "environment",
-        "environment_protected",
-    ];
+    // Every probe claim but the last (`pipeline_source`) has its own wording above.
+    let worded = &PROBE_CLAIMS[..PROBE_CLAIMS.len() - 1];
     for (claim, value) in job.iter() {
-        if !SHOWN.contains(&claim) {
+        if !worded.contains(&claim) {
             parts.push(format!("{claim} {value}"));
         }
     }
@@ -559,8 +642,10 @@ impl Change {
                 rule.number, rule.line, rule.text
             ),
             What::RuleChanged { before, after } => format!(
-                "{grant} rule {} changed (line {} → {}): {} → {}",
-                after.number, before.line, after.line, before.text, after.text
+                "{grant} rule {} changed (line {}): {}",
+                after.number,
+                after.line,
+                rule_edits(before, after)
             ),
             What::Setting {
                 name,
@@ -595,6 +680,12 @@ impl DecisionChange {
     }
 }
 
+/// The decision changes a person is shown, and how many more there are.
+fn shown_decisions(delta: &Delta) -> (&[DecisionChange], usize) {
+    let shown = delta.decisions.len().min(SHOWN_DECISIONS);
+    (&delta.decisions[..shown], delta.decisions.len() - shown)
+}
+
 /// The delta for a terminal or a job log.
 pub fn render_text(delta: &Delta) -> String {
     if delta.is_empty() {
@@ -610,15 +701,12 @@ pub fn render_text(delta: &Delta) -> String {
     }
     if !delta.decisions.is_empty() {
         let _ = writeln!(out, "\ndecisions that change:");
-        for decision in delta.decisions.iter().take(SHOWN_DECISIONS) {
+        let (shown, hidden) = shown_decisions(delta);
+        for decision in shown {
             let _ = writeln!(out, "  {}", decision.line());
         }
-        if delta.decisions.len() > SHOWN_DECISIONS {
-            let _ = writeln!(
-                out,
-                "  … and {} more (--format json lists all)",
-                delta.decisions.len() - SHOWN_DECISIONS
-            );
+        if hidden > 0 {
+            let _ = writeln!(out, "  … and {hidden} more (--format json lists all)");
         }
     }
     out
@@ -661,7 +749,8 @@ pub fn render_markdown(delta: &Delta) -> String {
         out.push_str(
             "#### Decisions that change\n\n| job | grant | before | after |\n|---|---|---|---|\n",
         );
-        for decision in delta.decisions.iter().take(SHOWN_DECISIONS) {
+        let (shown, hidden) = shown_decisions(delta);
+        for decision in shown {
             let _ = writeln!(
                 out,
                 "| {} | {} `{}` | {} | **{}** |",
@@ -672,12 +761,8 @@ pub fn render_markdown(delta: &Delta) -> String {
                 allowed(decision.after)
             );
         }
-        if delta.decisions.len() > SHOWN_DECISIONS {
-            let _ = writeln!(
-                out,
-                "\n… and {} more decision changes.",
-                delta.decisions.len() - SHOWN_DECISIONS
-            );
+        if hidden > 0 {
+            let _ = writeln!(out, "\n… and {hidden} more decision changes.");
         }
     }
     out

@@ -43,7 +43,15 @@ fn a_policy_compared_with_itself_reports_nothing() {
 fn each_edit_is_reported_and_widening_ones_are_marked() {
     /// (what, from, to, the change's description, widening?, a decision line that must appear)
     type Case<'a> = (&'a str, &'a str, &'a str, &'a str, bool, Option<&'a str>);
-    let cases: [Case; 9] = [
+    let cases: [Case; 10] = [
+        (
+            "a use limit set",
+            "max_duration = \"30m\"",
+            "max_duration = \"30m\"\ntoken_uses = 1",
+            "role \"publish-artifacts\" token_uses: unlimited → 1",
+            false,
+            None,
+        ),
         (
             "a rule added",
             "[token.aws-web-identity]",
@@ -78,7 +86,9 @@ fn each_edit_is_reported_and_widening_ones_are_marked() {
             "",
             "role \"deploy-web-prod\" rule 1 changed",
             true,
-            Some("env production (unprotected): role \"deploy-web-prod\" deny → ALLOW"),
+            Some(
+                "project 4242 · branch main (protected) · env production: role \"deploy-web-prod\" deny → ALLOW",
+            ),
         ),
         (
             "a role renamed",

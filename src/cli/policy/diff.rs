@@ -1,0 +1,72 @@
+//! `policy diff OLD NEW`: the access a policy change adds or removes, for the merge request that
+//! makes it. Exit 0, or 2 with `--fail-on-widening` when the change widens access; 1 when a file
+//! does not load.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::Report;
+use crate::policy::diff::{diff, render_json, render_markdown, render_text};
+use crate::policy::{cases, load};
+
+/// Arguments of `policy diff`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The policy as it is (in a merge request: the target branch's).
+    old: PathBuf,
+    /// The policy as it would be.
+    new: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Report,
+    /// Decision cases whose jobs are probed too [default: policy.tests.toml beside NEW, if any]
+    #[arg(long, value_name = "FILE")]
+    cases: Option<PathBuf>,
+    /// Exit 2 when the change widens access (an allow added, a longer session, another ARN…).
+    #[arg(long)]
+    fail_on_widening: bool,
+}
+
+/// Prints the delta from `args.old` to `args.new`.
+pub fn exec(args: Args) -> ExitCode {
+    let loaded = load(&args.old)
+        .and_then(|old| Ok((old, load(&args.new)?)))
+        .map_err(|e| e.to_string())
+        .and_then(|(old, new)| {
+            let jobs = case_jobs(&new, &args.new, args.cases.as_deref())?;
+            Ok((old, new, jobs))
+        });
+    let (old, new, jobs) = match loaded {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let delta = diff(&old, &new, &jobs);
+    match args.format {
+        Report::Text => print!("{}", render_text(&delta)),
+        Report::Markdown => print!("{}", render_markdown(&delta)),
+        Report::Json => println!("{}", render_json(&delta)),
+    }
+    if args.fail_on_widening && delta.widens() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The jobs of the decision cases: the named file, else `policy.tests.toml` beside the new
+/// policy when there is one. Their outcome does not matter here (`policy test` judges it).
+fn case_jobs(
+    policy: &crate::Policy,
+    new: &Path,
+    cases_file: Option<&Path>,
+) -> Result<Vec<crate::Claims>, String> {
+    let beside = new.with_file_name("policy.tests.toml");
+    let path = match cases_file {
+        Some(path) => path,
+        None if beside.exists() => &beside,
+        None => return Ok(Vec::new()),
+    };
+    Ok(cases::run(policy, path)?.jobs)
+}
