@@ -91,6 +91,14 @@ pub async fn build(
     Ok(Arc::new(state))
 }
 
+/// [`build`] as the binary runs it: every AWS client from the environment's one configuration
+/// (`aws::sdk_config`), and the replay table and metrics as `settings` say.
+pub async fn build_from_env(settings: &Settings) -> Result<Arc<AppState>, String> {
+    let sdk = crate::aws::sdk_config().await;
+    let operations = Operations::from_settings(settings, &sdk);
+    build(settings, &sdk, &sdk, operations).await
+}
+
 fn load_policy(settings: &Settings) -> Result<Policy, String> {
     match &settings.policy {
         Some(path) => policy::load(path),

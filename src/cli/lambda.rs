@@ -7,7 +7,7 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command, PolicyFile, block_on, fail};
 use crate::config::{self, Settings};
-use crate::{aws, lambda, startup, telemetry};
+use crate::{lambda, startup, telemetry};
 
 /// Arguments of `lambda`.
 #[derive(clap::Args)]
@@ -35,9 +35,7 @@ pub fn implied() -> Option<Command> {
 
 async fn run(settings: Settings) -> ExitCode {
     telemetry::init(true, &config::log_filter());
-    let sdk = aws::sdk_config().await;
-    let operations = startup::Operations::from_settings(&settings, &sdk);
-    let state = match startup::build(&settings, &sdk, &sdk, operations).await {
+    let state = match startup::build_from_env(&settings).await {
         Ok(state) => state,
         Err(error) => return fail(&error),
     };

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use crate::cli::{PolicyFile, block_on, fail};
 use crate::config::{self, Settings};
-use crate::{aws, serve, startup, telemetry};
+use crate::{serve, startup, telemetry};
 
 /// Arguments of `serve`.
 #[derive(clap::Args)]
@@ -28,9 +28,7 @@ pub fn exec(args: Args) -> ExitCode {
 
 async fn run(settings: Settings, listen: SocketAddr) -> ExitCode {
     telemetry::init(false, &config::log_filter());
-    let sdk = aws::sdk_config().await;
-    let operations = startup::Operations::from_settings(&settings, &sdk);
-    let state = match startup::build(&settings, &sdk, &sdk, operations).await {
+    let state = match startup::build_from_env(&settings).await {
         Ok(state) => state,
         Err(error) => return fail(&error),
     };

@@ -559,6 +559,12 @@ async fn a_caller_told_nothing_is_audited_with_the_full_reason() {
             line.contains("deny") && line.contains("deploy-web-prod") && line.contains("31337"),
             "{format}: {line}"
         );
+        // The structured denial's failing claim is a field of its own, for log queries.
+        let (claim_field, plain) = match format {
+            "JSON" => (r#""claim":"project_id""#, line.clone()),
+            _ => ("claim=\"project_id\"", without_colours(&line)),
+        };
+        assert!(plain.contains(claim_field), "{format}: {line}");
     }
 }
 
@@ -579,4 +585,18 @@ async fn an_env_request_that_fails_is_audited_as_an_error() {
             "{format}: {line}"
         );
     }
+}
+
+/// `text` without its ANSI colour sequences (`ESC [ … m`).
+fn without_colours(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }

@@ -8,32 +8,18 @@ pub const AUDIENCE: &str = "https://token-broker.example.com";
 
 /// The test policy; `{issuer}` stands for the local issuer's URL. Project 4242's protected `main`
 /// gets every role and the `aws` token; tags (`v*`, `release-*`) in namespace 72 get the deploy
-/// role.
-pub const POLICY: &str = r#"
+/// role, whose text is shared with the policy crate's unit tests
+/// (`crates/policy/tests/fixtures/deploy-web-prod.toml`).
+pub const POLICY: &str = concat!(
+    r#"
 audience = "https://token-broker.example.com"
 
 [[issuer]]
 url = "{issuer}"
 
-[role.deploy-web-prod]
-arn = "arn:aws:iam::123456789012:role/deploy-web-prod"
-max_duration = "1h"
-session_tags = ["project_id", "ref", "environment"]
-session_policy = "policies/deploy-web-prod.json"
-
-[[role.deploy-web-prod.allow]]
-project_id = "4242"
-ref_type = "branch"
-ref = "main"
-ref_protected = "true"
-environment = "production"
-
-[[role.deploy-web-prod.allow]]
-namespace_id = "72"
-project_path = "acme/*"
-ref_type = "tag"
-ref = ["v*", "release-*"]
-
+"#,
+    include_str!("../../policy/tests/fixtures/deploy-web-prod.toml"),
+    r#"
 [role.read-only]
 arn = "arn:aws:iam::123456789012:role/read-only"
 max_duration = "30m"
@@ -58,7 +44,8 @@ session_tags = ["ref"]
 
 [[role.tagged.allow]]
 project_id = "4242"
-"#;
+"#
+);
 
 /// The session policy `deploy-web-prod` names, which the broker reads beside the policy file.
 pub const SESSION_POLICY: &str = r#"{

@@ -263,34 +263,7 @@ mod tests {
     const GITLAB: &str = "https://gitlab.example.com";
 
     /// A role pinned to a project, a token pinned to a namespace, and a path-only rule.
-    const POLICY: &str = r#"
-audience = "https://token-broker.example.com"
-
-[[issuer]]
-url = "https://gitlab.example.com"
-
-[role.deploy]
-arn = "arn:aws:iam::123456789012:role/deploy"
-
-[[role.deploy.allow]]
-project_id = "4242"
-ref_type = "branch"
-ref = "main"
-
-[token.aws]
-audience = "sts.amazonaws.com"
-
-[[token.aws.allow]]
-namespace_id = "72"
-project_path = "acme/*"
-
-[role.docs]
-arn = "arn:aws:iam::123456789012:role/docs"
-
-[[role.docs.allow]]
-project_path = "docs/site"
-allow_path_only = true
-"#;
+    const POLICY: &str = include_str!("../tests/fixtures/admits-project.toml");
 
     #[test]
     fn a_project_is_admitted_only_where_a_rule_names_its_identity() {

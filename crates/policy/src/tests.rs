@@ -7,31 +7,16 @@ use crate::Claims;
 
 const GITLAB: &str = "https://gitlab.example.com";
 
-const POLICY: &str = r#"
+const POLICY: &str = concat!(
+    r#"
 audience = "https://token-broker.example.com"
 
 [[issuer]]
 url = "https://gitlab.example.com"
 
-[role.deploy-web-prod]
-arn = "arn:aws:iam::123456789012:role/deploy-web-prod"
-max_duration = "1h"
-session_tags = ["project_id", "ref", "environment"]
-session_policy = "policies/deploy.json"
-
-[[role.deploy-web-prod.allow]]
-project_id = "4242"
-ref_type = "branch"
-ref = "main"
-ref_protected = "true"
-environment = "production"
-
-[[role.deploy-web-prod.allow]]
-namespace_id = "72"
-project_path = "acme/*"
-ref_type = "tag"
-ref = ["v*", "release-*"]
-
+"#,
+    include_str!("../tests/fixtures/deploy-web-prod.toml"),
+    r#"
 [role.nightly]
 arn = "arn:aws:iam::123456789012:role/ci/nightly"
 max_duration = "30m"
@@ -39,11 +24,14 @@ max_duration = "30m"
 [[role.nightly.allow]]
 project_id = ["4242", "4343"]
 ref = "release/**"
-"#;
+"#
+);
 
 fn compile(text: &str) -> Result<Policy, PolicyError> {
     parse(Path::new("policy.toml"), text, &|path| match path {
-        "policies/deploy.json" => Ok(r#"{ "Version": "2012-10-17", "Statement": [] }"#.into()),
+        "policies/deploy-web-prod.json" => {
+            Ok(r#"{ "Version": "2012-10-17", "Statement": [] }"#.into())
+        }
         "policies/big.json" => Ok(format!(
             r#"{{"Version":"2012-10-17","Sid":"{}"}}"#,
             "x".repeat(3000)
@@ -292,9 +280,21 @@ fn broken_policies_fail_with_file_line_and_reason() {
             "compared as strings",
         ),
         ("ref = \"main\"", "Ref = \"main\"", "not a claim name"),
-        ("policies/deploy.json", "policies/broken.json", "not JSON"),
-        ("policies/deploy.json", "policies/big.json", "at most 2048"),
-        ("policies/deploy.json", "policies/none.json", "no such file"),
+        (
+            "policies/deploy-web-prod.json",
+            "policies/broken.json",
+            "not JSON",
+        ),
+        (
+            "policies/deploy-web-prod.json",
+            "policies/big.json",
+            "at most 2048",
+        ),
+        (
+            "policies/deploy-web-prod.json",
+            "policies/none.json",
+            "no such file",
+        ),
         (
             "[\"project_id\", \"ref\", \"environment\"]",
             "[\"ref\", \"ref\"]",
