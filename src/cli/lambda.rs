@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, PolicyFile, block_on, fail};
+use crate::cli::{Cli, Command, PolicyFile, block_on_this_thread, fail};
 use crate::config::{self, Settings};
 use crate::{lambda, startup, telemetry};
 
@@ -20,7 +20,7 @@ pub struct Args {
 /// policy are unusable, or the runtime fails.
 pub fn exec(args: Args) -> ExitCode {
     match args.policy.settings() {
-        Ok(settings) => block_on(run(settings)),
+        Ok(settings) => block_on_this_thread(run(settings)),
         Err(error) => fail(&error),
     }
 }

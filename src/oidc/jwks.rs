@@ -13,11 +13,12 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use super::key::VerifyingKey;
 use crate::metrics::Metrics;
 use crate::policy::Issuer;
 
@@ -77,8 +78,8 @@ struct IssuerKeys {
 /// One published key, with the algorithm its JWK binds it to (`alg`), if any.
 #[derive(Clone)]
 pub struct CachedKey {
-    /// The key, parsed once when the set was fetched.
-    pub key: Arc<DecodingKey>,
+    /// The key, parsed once when the set was fetched, for each algorithm it may verify.
+    pub key: Arc<VerifyingKey>,
     /// The JWK's `alg`: when set, the key verifies tokens of that algorithm only.
     pub algorithm: Option<Algorithm>,
 }
@@ -274,8 +275,14 @@ fn usable_keys(
         .filter(|jwk| fits(jwk, algorithms))
         .filter_map(|jwk| {
             let kid = jwk.common.key_id.clone()?;
-            let key = Arc::new(DecodingKey::from_jwk(&jwk).ok()?);
             let algorithm = jwk.common.key_algorithm.and_then(signing_algorithm);
+            // A key bound to one algorithm is parsed for that one only.
+            let usable: Vec<Algorithm> = algorithms
+                .iter()
+                .copied()
+                .filter(|a| algorithm.is_none_or(|bound| bound == *a))
+                .collect();
+            let key = Arc::new(VerifyingKey::from_jwk(&jwk, &usable)?);
             Some((kid, CachedKey { key, algorithm }))
         })
         .collect();

@@ -38,17 +38,66 @@ pub fn check_shape(token: &str) -> Result<(), &'static str> {
 
 /// The issuer named by an unverified token; only used to pick which keys to verify it with.
 pub fn unverified_issuer(token: &str) -> Result<String, &'static str> {
+    let payload = token.split('.').nth(1).ok_or("token has no payload")?;
+    let bytes = decode_part(payload).map_err(|_| "token payload is not base64url")?;
+    issuer_of(&bytes)
+}
+
+/// A base64url segment of the token, decoded.
+pub fn decode_part(segment: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    URL_SAFE_NO_PAD.decode(segment)
+}
+
+fn issuer_of(payload: &[u8]) -> Result<String, &'static str> {
     #[derive(Deserialize)]
     struct IssOnly {
         iss: String,
     }
-    let payload = token.split('.').nth(1).ok_or("token has no payload")?;
-    let bytes = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| "token payload is not base64url")?;
     let claims: IssOnly =
-        serde_json::from_slice(&bytes).map_err(|_| "token payload has no string `iss`")?;
+        serde_json::from_slice(payload).map_err(|_| "token payload has no string `iss`")?;
     Ok(claims.iss)
+}
+
+/// The claims segment, decoded and parsed once, before the signature is checked: its `iss`
+/// picks the keys, and its claims are handed out only once the signature has verified.
+#[derive(Debug)]
+pub struct Payload {
+    issuer: String,
+    claims: Option<serde_json::Map<String, Value>>,
+}
+
+impl Payload {
+    /// Reads the payload of `token`, failing as [`unverified_issuer`] fails. A payload that
+    /// names a string `iss` but is not a JSON object without duplicate names still parses: it
+    /// is refused by [`Payload::claims`], after the signature check, as it was when
+    /// jsonwebtoken parsed the claims a second time.
+    pub fn parse(token: &str) -> Result<Self, &'static str> {
+        let segment = token.split('.').nth(1).ok_or("token has no payload")?;
+        let bytes = decode_part(segment).map_err(|_| "token payload is not base64url")?;
+        match serde_json::from_slice::<UniqueObject>(&bytes) {
+            Ok(UniqueObject(claims)) => match claims.get("iss") {
+                Some(Value::String(issuer)) => Ok(Self {
+                    issuer: issuer.clone(),
+                    claims: Some(claims),
+                }),
+                _ => Err("token payload has no string `iss`"),
+            },
+            Err(_) => Ok(Self {
+                issuer: issuer_of(&bytes)?,
+                claims: None,
+            }),
+        }
+    }
+
+    /// The unverified `iss`.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The claims, or `None` when the payload is not a JSON object without duplicate names.
+    pub fn into_claims(self) -> Option<serde_json::Map<String, Value>> {
+        self.claims
+    }
 }
 
 /// A JSON object that refuses duplicate member names. serde_json keeps the last of duplicates,
@@ -157,5 +206,37 @@ mod tests {
         assert!(unverified_issuer(&token).is_err());
         let token = format!("h.{}.s", b64(r#"{"iss":"a","iss":"b"}"#));
         assert!(unverified_issuer(&token).is_err());
+    }
+
+    #[test]
+    fn a_payload_is_parsed_once_and_read_as_unverified_issuer_reads_it() {
+        let cases = [
+            r#"{"iss":"https://gitlab.example.com","aud":"x"}"#,
+            r#"{"iss":"https://gitlab.example.com","aud":"x","aud":"y"}"#,
+            r#"["https://gitlab.example.com"]"#,
+            r#"{"iss":"a","iss":"b"}"#,
+            r#"{"iss":["a"]}"#,
+            r#"{"iss":null}"#,
+            r#"{"sub":"x"}"#,
+            "not json",
+        ];
+        for claims in cases {
+            let token = format!("h.{}.s", b64(claims));
+            let payload = Payload::parse(&token);
+            let issuer = payload.as_ref().map(|p| p.issuer().to_owned());
+            assert_eq!(
+                issuer.map_err(|e| *e),
+                unverified_issuer(&token),
+                "{claims}"
+            );
+            let object = serde_json::from_str::<UniqueObject>(claims).ok();
+            if let Ok(payload) = payload {
+                assert_eq!(payload.into_claims(), object.map(|o| o.0), "{claims}");
+            }
+        }
+        assert_eq!(
+            Payload::parse("h.b+.s").unwrap_err(),
+            "token payload is not base64url"
+        );
     }
 }

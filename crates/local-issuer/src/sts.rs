@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
@@ -80,7 +80,10 @@ impl LocalSts {
 }
 
 impl Handler for Shared {
-    async fn respond(&self, _request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        // Read to the end, as STS does: a body left unread makes hyper close the connection
+        // after the answer, and every client call would then pay for a new one.
+        let _ = request.into_body().collect().await;
         answer(self).await
     }
 
