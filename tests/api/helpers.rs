@@ -161,6 +161,11 @@ impl TestApp {
         (self.issuer.mint(&claims), job_id)
     }
 
+    /// `POST /v1/token`: exchanges `subject_token` for a token for `audience`.
+    pub async fn exchange(&self, subject_token: &str, audience: &str) -> reqwest::Response {
+        urn::exchange(&self.client, &self.address, subject_token, audience).await
+    }
+
     /// `POST /v1/credentials?{query}` with the token as Bearer.
     pub async fn credentials(&self, token: &str, query: &str) -> reqwest::Response {
         self.client

@@ -34,21 +34,6 @@ async fn signing_stand_in() -> (LocalKms, String) {
     (kms, key)
 }
 
-async fn exchange(app: &TestApp, subject_token: &str, audience: &str) -> reqwest::Response {
-    let form = [
-        ("grant_type", urn::TOKEN_EXCHANGE),
-        ("subject_token", subject_token),
-        ("subject_token_type", urn::JWT),
-        ("audience", audience),
-    ];
-    app.client
-        .post(format!("{}/v1/token", app.address))
-        .form(&form)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Checks one line against the EMF specification: a JSON object with `_aws.Timestamp` (epoch
 /// milliseconds) and a non-empty `_aws.CloudWatchMetrics`, each directive with a `Namespace`,
 /// `Dimensions` (arrays of at most 30 keys, each a string member of the root) and `Metrics`
@@ -132,7 +117,7 @@ async fn every_decision_writes_one_emf_line_counted_by_outcome_and_policy_name()
         401
     );
     assert_eq!(
-        exchange(&app, &token, "sts.amazonaws.com").await.status(),
+        app.exchange(&token, "sts.amazonaws.com").await.status(),
         200
     );
     kms.set_mode(KmsMode::Fail {
@@ -140,7 +125,7 @@ async fn every_decision_writes_one_emf_line_counted_by_outcome_and_policy_name()
         code: "KMSInternalException",
     });
     assert_eq!(
-        exchange(&app, &token, "sts.amazonaws.com").await.status(),
+        app.exchange(&token, "sts.amazonaws.com").await.status(),
         503
     );
 
@@ -182,8 +167,8 @@ async fn no_metric_line_carries_a_token_a_credential_or_a_value_the_caller_chose
             .status(),
         403
     );
-    assert_eq!(exchange(&app, &token, chosen_audience).await.status(), 400);
-    let issued = exchange(&app, &token, "sts.amazonaws.com").await;
+    assert_eq!(app.exchange(&token, chosen_audience).await.status(), 400);
+    let issued = app.exchange(&token, "sts.amazonaws.com").await;
     let issued: Value = issued.json().await.unwrap();
 
     let lines = metrics.lines();

@@ -175,14 +175,17 @@ async fn a_use_that_issued_nothing_is_given_back_so_the_job_can_retry() {
         status: 400,
         code: "DisabledException",
     });
-    assert_eq!(status_of(exchange(&app, &token).await).await, 500);
+    assert_eq!(
+        status_of(app.exchange(&token, "sts.amazonaws.com").await).await,
+        500
+    );
     kms.set_mode(KmsMode::Up);
     assert_eq!(
-        status_of(exchange(&app, &token).await).await,
+        status_of(app.exchange(&token, "sts.amazonaws.com").await).await,
         200,
         "the failed attempt did not spend the token's one use"
     );
-    let replay = exchange(&app, &token).await;
+    let replay = app.exchange(&token, "sts.amazonaws.com").await;
     assert_eq!(status_of(replay).await, 400, "invalid_target: already used");
 }
 
@@ -252,19 +255,4 @@ async fn each_count_expires_when_its_token_can_no_longer_be_accepted() {
             .any(|v| v.as_s().is_ok_and(|s| s.contains(&token))),
         "the token itself is never stored"
     );
-}
-
-async fn exchange(app: &TestApp, subject_token: &str) -> reqwest::Response {
-    let form: [(&str, &str); 4] = [
-        ("grant_type", urn::TOKEN_EXCHANGE),
-        ("subject_token", subject_token),
-        ("subject_token_type", urn::JWT),
-        ("audience", "sts.amazonaws.com"),
-    ];
-    app.client
-        .post(format!("{}/v1/token", app.address))
-        .form(&form)
-        .send()
-        .await
-        .unwrap()
 }

@@ -26,21 +26,6 @@ async fn app_signing(spec: KeySpec) -> (TestApp, LocalKms) {
     (spawn_app_with(signing_with(&kms, &key, &[])).await, kms)
 }
 
-async fn exchange(app: &TestApp, subject_token: &str, audience: &str) -> reqwest::Response {
-    let form = [
-        ("grant_type", urn::TOKEN_EXCHANGE),
-        ("subject_token", subject_token),
-        ("subject_token_type", urn::JWT),
-        ("audience", audience),
-    ];
-    app.client
-        .post(format!("{}/v1/token", app.address))
-        .form(&form)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// `GET url` and its JSON body.
 async fn get_json(app: &TestApp, url: impl reqwest::IntoUrl) -> Value {
     app.client
@@ -104,8 +89,11 @@ async fn issued_token(response: reqwest::Response) -> (String, u64) {
 async fn an_rsa_signed_token_verifies_with_the_published_key_and_carries_the_claims() {
     let (app, _kms) = app_signing(KeySpec::Rsa2048).await;
     let (claims, _) = app.claims(json!({}));
-    let (token, expires_in) =
-        issued_token(exchange(&app, &app.issuer.mint(&claims), "sts.amazonaws.com").await).await;
+    let (token, expires_in) = issued_token(
+        app.exchange(&app.issuer.mint(&claims), "sts.amazonaws.com")
+            .await,
+    )
+    .await;
     let header = decode_header(&token).unwrap();
     assert_eq!(
         (format!("{:?}", header.alg), header.typ.as_deref()),
@@ -154,7 +142,7 @@ async fn an_rsa_signed_token_verifies_with_the_published_key_and_carries_the_cla
 async fn a_p256_signed_token_verifies_as_es256() {
     let (app, kms) = app_signing(KeySpec::EccNistP256).await;
     let (token, _) = app.token(json!({}));
-    let (issued, _) = issued_token(exchange(&app, &token, "sts.amazonaws.com").await).await;
+    let (issued, _) = issued_token(app.exchange(&token, "sts.amazonaws.com").await).await;
     assert_eq!(
         format!("{:?}", decode_header(&issued).unwrap().alg),
         "ES256"
@@ -180,8 +168,7 @@ async fn a_token_never_outlives_the_gitlab_token() {
     let (app, _kms) = app_signing(KeySpec::Rsa2048).await;
     let now = local_issuer::claims::now();
     let (gitlab, _) = app.token(json!({"iat": now - 3000, "nbf": now - 3005, "exp": now + 120}));
-    let (token, expires_in) =
-        issued_token(exchange(&app, &gitlab, "sts.amazonaws.com").await).await;
+    let (token, expires_in) = issued_token(app.exchange(&gitlab, "sts.amazonaws.com").await).await;
     let claims = verify_like_a_relying_party(&app, &token, "sts.amazonaws.com").await;
     assert_eq!(claims["exp"].as_i64().unwrap(), now + 120);
     assert!(expires_in <= 120);
@@ -191,11 +178,11 @@ async fn a_token_never_outlives_the_gitlab_token() {
 async fn the_policy_decides_which_audiences_a_job_gets() {
     let (app, _kms) = app_signing(KeySpec::Rsa2048).await;
     let (token, _) = app.token(json!({}));
-    let response = exchange(&app, &token, "https://vault.example.com").await;
+    let response = app.exchange(&token, "https://vault.example.com").await;
     app.assert_error(response, 400, "invalid_target", "no token for audience")
         .await;
     let (feature, _) = app.token(json!({"ref": "feature/x"}));
-    let response = exchange(&app, &feature, "sts.amazonaws.com").await;
+    let response = app.exchange(&feature, "sts.amazonaws.com").await;
     app.assert_error(response, 400, "invalid_target", "claim \"ref\"")
         .await;
 }
@@ -205,11 +192,11 @@ async fn malformed_exchanges_get_rfc_8693_errors() {
     let (app, _kms) = app_signing(KeySpec::Rsa2048).await;
     let (token, _) = app.token(json!({}));
     let url = format!("{}/v1/token", app.address);
-    let response = exchange(&app, "x.y.z", "sts.amazonaws.com").await;
+    let response = app.exchange("x.y.z", "sts.amazonaws.com").await;
     app.assert_error(response, 400, "invalid_grant", "").await;
     let (expired, _) = app.token(json!({"exp": local_issuer::claims::now() - 600, "iat": local_issuer::claims::now() - 4000, "nbf": null}));
     app.assert_error(
-        exchange(&app, &expired, "sts.amazonaws.com").await,
+        app.exchange(&expired, "sts.amazonaws.com").await,
         400,
         "invalid_grant",
         "expired",
@@ -310,7 +297,7 @@ async fn during_rotation_the_active_key_signs_and_both_keys_are_published() {
     let new = kms.create_key(KeySpec::EccNistP256);
     let app = spawn_app_with(signing_with(&kms, &new, &[&old])).await;
     let (token, _) = app.token(json!({}));
-    let (issued, _) = issued_token(exchange(&app, &token, "sts.amazonaws.com").await).await;
+    let (issued, _) = issued_token(app.exchange(&token, "sts.amazonaws.com").await).await;
     let response = app
         .client
         .get(format!("{}/.well-known/jwks.json", app.address))
@@ -375,7 +362,7 @@ async fn with_kms_unreachable_tokens_are_503_and_credentials_still_work() {
     })
     .await;
     let (token, _) = app.token(json!({}));
-    let response = exchange(&app, &token, "sts.amazonaws.com").await;
+    let response = app.exchange(&token, "sts.amazonaws.com").await;
     assert_eq!(response.headers()["retry-after"], "5");
     let body = app
         .assert_error(response, 503, "temporarily_unavailable", "KMS")
@@ -400,7 +387,7 @@ async fn without_a_signing_key_the_issuer_routes_are_404() {
     let app = spawn_app().await;
     let (token, _) = app.token(json!({}));
     app.assert_error(
-        exchange(&app, &token, "sts.amazonaws.com").await,
+        app.exchange(&token, "sts.amazonaws.com").await,
         404,
         "not_found",
         "KMS_KEY_ID",
@@ -446,7 +433,7 @@ async fn a_token_over_kms_raw_message_limit_is_signed_as_a_digest_and_verifies()
         .collect();
     let (gitlab, _) = app.token(json!({"groups_direct": groups}));
     let audience = "https://groups.example.com";
-    let (token, _) = issued_token(exchange(&app, &gitlab, audience).await).await;
+    let (token, _) = issued_token(app.exchange(&gitlab, audience).await).await;
     let (signing_input, _) = token.rsplit_once('.').unwrap();
     assert!(
         signing_input.len() > 4096,
@@ -510,7 +497,7 @@ async fn kms_errors_are_a_503_when_a_retry_can_help_and_a_500_when_not() {
 /// but not its message.
 async fn assert_sign_error_maps(app: &TestApp, kms: &LocalKms, code: &str, status: u16) {
     let (token, _) = app.token(json!({}));
-    let response = exchange(app, &token, "sts.amazonaws.com").await;
+    let response = app.exchange(&token, "sts.amazonaws.com").await;
     assert_eq!(response.status().as_u16(), status, "{code}");
     let (error, retry_after) = match status {
         503 => ("temporarily_unavailable", Some("5")),
@@ -553,7 +540,7 @@ async fn when_kms_refuses_the_public_key_the_issuer_routes_are_500_until_it_is_f
             .await;
     }
     let (token, _) = app.token(json!({}));
-    let response = exchange(&app, &token, "sts.amazonaws.com").await;
+    let response = app.exchange(&token, "sts.amazonaws.com").await;
     assert!(response.headers().get("retry-after").is_none());
     app.assert_error(response, 500, "server_error", "AccessDeniedException")
         .await;
@@ -561,7 +548,7 @@ async fn when_kms_refuses_the_public_key_the_issuer_routes_are_500_until_it_is_f
 
     kms.set_mode(KmsMode::Up);
     let (token, _) = app.token(json!({}));
-    let (issued, _) = issued_token(exchange(&app, &token, "sts.amazonaws.com").await).await;
+    let (issued, _) = issued_token(app.exchange(&token, "sts.amazonaws.com").await).await;
     verify_like_a_relying_party(&app, &issued, "sts.amazonaws.com").await;
 }
 

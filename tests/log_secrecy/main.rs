@@ -154,21 +154,6 @@ fn request_id(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
-async fn exchange(app: &Broker, subject_token: &str, audience: &str) -> reqwest::Response {
-    let form = [
-        ("grant_type", urn::TOKEN_EXCHANGE),
-        ("subject_token", subject_token),
-        ("subject_token_type", urn::JWT),
-        ("audience", audience),
-    ];
-    app.client
-        .post(format!("{}/v1/token", app.address))
-        .form(&form)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// A token whose signature does not verify: the issuer's kid, another key.
 fn forged_token(app: &Broker) -> String {
     let claims = app.claims(json!({}));
@@ -252,7 +237,7 @@ async fn credentials_exchanges(app: &Broker, secrets: &mut Secrets) -> Vec<Strin
 /// A token issued and a token refused by `/v1/token`; returns the request ids.
 async fn token_exchanges(app: &Broker, secrets: &mut Secrets) -> Vec<String> {
     let token = app.token(json!({}));
-    let response = exchange(app, &token, "sts.amazonaws.com").await;
+    let response = app.exchange(&token, "sts.amazonaws.com").await;
     assert_eq!(response.status(), 200);
     let issued_id = request_id(&response);
     secrets.token("an exchanged GitLab token", &token);
@@ -260,7 +245,7 @@ async fn token_exchanges(app: &Broker, secrets: &mut Secrets) -> Vec<String> {
     secrets.token("the issued token", body["access_token"].as_str().unwrap());
 
     let token = app.token(json!({"ref_protected": "false"}));
-    let response = exchange(app, &token, "sts.amazonaws.com").await;
+    let response = app.exchange(&token, "sts.amazonaws.com").await;
     assert_eq!(response.status(), 400);
     secrets.token("a GitLab token refused a token", &token);
     vec![issued_id, request_id(&response)]
