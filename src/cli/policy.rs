@@ -175,16 +175,16 @@ fn test(file: &Path, cases_file: Option<PathBuf>, junit_file: Option<&Path>) -> 
             return ExitCode::FAILURE;
         }
     };
-    for failure in &outcome.failures {
-        println!("FAIL {:?}: {}", failure.name, failure.problem);
+    for (name, failure) in outcome.failures() {
+        println!("FAIL {name:?}: {}", failure.problem);
         for explanation in &failure.trace {
             print!("{}", indent(&explanation.to_string()));
         }
     }
     println!(
         "policy cases: {} passed, {} failed",
-        outcome.passed,
-        outcome.failures.len()
+        outcome.passed(),
+        outcome.cases.len() - outcome.passed()
     );
     if let Some(path) = junit_file
         && let Err(error) = std::fs::write(path, junit(&cases_file, &outcome))
@@ -192,7 +192,7 @@ fn test(file: &Path, cases_file: Option<PathBuf>, junit_file: Option<&Path>) -> 
         eprintln!("error: {}: {error}", path.display());
         return ExitCode::FAILURE;
     }
-    if outcome.failures.is_empty() {
+    if outcome.failures().next().is_none() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

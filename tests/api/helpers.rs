@@ -163,17 +163,12 @@ impl TestApp {
 
     /// `POST /v1/token`: exchanges `subject_token` for a token for `audience`.
     pub async fn exchange(&self, subject_token: &str, audience: &str) -> reqwest::Response {
-        urn::exchange(&self.client, &self.address, subject_token, audience).await
+        local_issuer::requests::exchange(&self.client, &self.address, subject_token, audience).await
     }
 
     /// `POST /v1/credentials?{query}` with the token as Bearer.
     pub async fn credentials(&self, token: &str, query: &str) -> reqwest::Response {
-        self.client
-            .post(format!("{}/v1/credentials?{query}", self.address))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
+        local_issuer::requests::credentials(&self.client, &self.address, token, query).await
     }
 
     /// Asserts an error response: status, OAuth error code, and a description containing `needle`.

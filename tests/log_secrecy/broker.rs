@@ -76,16 +76,11 @@ impl Broker {
 
     /// `POST /v1/token`: exchanges `subject_token` for a token for `audience`.
     pub async fn exchange(&self, subject_token: &str, audience: &str) -> reqwest::Response {
-        local_issuer::urn::exchange(&self.client, &self.address, subject_token, audience).await
+        local_issuer::requests::exchange(&self.client, &self.address, subject_token, audience).await
     }
 
     /// `POST /v1/credentials?{query}` with the token as Bearer.
     pub async fn credentials(&self, token: &str, query: &str) -> reqwest::Response {
-        self.client
-            .post(format!("{}/v1/credentials?{query}", self.address))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
+        local_issuer::requests::credentials(&self.client, &self.address, token, query).await
     }
 }

@@ -16,6 +16,7 @@ pub mod forge;
 pub mod keys;
 pub mod kms;
 pub mod moto;
+pub mod requests;
 mod serve;
 mod server;
 pub mod sts;

@@ -12,26 +12,3 @@ pub const SAML2: &str = "urn:ietf:params:oauth:token-type:saml2";
 
 /// An OAuth access token: a real token type the broker must refuse as a subject.
 pub const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
-
-/// `POST {base}/v1/token`: a token exchange of `subject_token` (a GitLab ID token) for a token
-/// for `audience`, as a job sends it. Every test that exchanges a well-formed request uses this
-/// one form; the attack tables build their own malformed ones.
-pub async fn exchange(
-    client: &reqwest::Client,
-    base: &str,
-    subject_token: &str,
-    audience: &str,
-) -> reqwest::Response {
-    let form = [
-        ("grant_type", TOKEN_EXCHANGE),
-        ("subject_token", subject_token),
-        ("subject_token_type", JWT),
-        ("audience", audience),
-    ];
-    client
-        .post(format!("{base}/v1/token"))
-        .form(&form)
-        .send()
-        .await
-        .expect("the broker answers")
-}

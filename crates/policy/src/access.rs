@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
+use crate::report::markdown_cell;
 use crate::{Condition, Grant, GrantKind, Policy, Rule};
 
 /// Claims that say who the job is.
@@ -192,23 +193,19 @@ pub fn render_markdown(rows: &[Row]) -> String {
     for row in rows {
         let _ = writeln!(
             out,
-            "| {} `{}` | {} | {} (line {}) | {} | {} | {} | {} |",
+            "| {} {} | {} | {} (line {}) | {} | {} | {} | {} |",
             row.kind,
-            cell(&row.grant),
-            cell(&row.gives),
+            markdown_cell(&row.grant),
+            markdown_cell(&row.gives),
             row.rule,
             row.line,
-            cell(&row.who),
-            cell(&row.refs),
-            cell(&row.environments),
-            cell(&row.also)
+            markdown_cell(&row.who),
+            markdown_cell(&row.refs),
+            markdown_cell(&row.environments),
+            markdown_cell(&row.also)
         );
     }
     out
-}
-
-fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace('\n', " ")
 }
 
 /// The table for machines.

@@ -40,23 +40,41 @@ enum Expect {
     Deny,
 }
 
-/// A case that did not come out as expected, with the decision trace.
+/// How a case did not come out as expected, with the decision trace.
 #[derive(Debug)]
 pub struct CaseFailure {
-    pub name: String,
     pub problem: String,
     pub trace: Vec<Explanation>,
 }
 
-/// The outcome of a cases file.
+/// One case as it ran.
+#[derive(Debug)]
+pub struct CaseRun {
+    pub name: String,
+    /// Its claims (`policy diff` probes them too).
+    pub claims: Claims,
+    /// `None` when it came out as expected.
+    pub failure: Option<CaseFailure>,
+}
+
+/// The outcome of a cases file: every case, in file order (names need not be unique).
 #[derive(Debug)]
 pub struct Outcome {
-    pub passed: usize,
-    pub failures: Vec<CaseFailure>,
-    /// Every case's name, in file order (for reports that list passes too).
-    pub names: Vec<String>,
-    /// Every case's claims, in file order (`policy diff` probes them too).
-    pub jobs: Vec<Claims>,
+    pub cases: Vec<CaseRun>,
+}
+
+impl Outcome {
+    /// How many cases came out as expected.
+    pub fn passed(&self) -> usize {
+        self.cases.iter().filter(|c| c.failure.is_none()).count()
+    }
+
+    /// The cases that did not, with why.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &CaseFailure)> {
+        self.cases
+            .iter()
+            .filter_map(|c| Some((c.name.as_str(), c.failure.as_ref()?)))
+    }
 }
 
 /// Runs the cases in `path` against `policy`. Errors are problems with the file itself.
@@ -68,31 +86,25 @@ pub fn run(policy: &Policy, path: &Path) -> Result<Outcome, String> {
         return Err(format!("{}: no [[case]] entries", path.display()));
     }
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut outcome = Outcome {
-        passed: 0,
-        failures: Vec::new(),
-        names: Vec::new(),
-        jobs: Vec::new(),
-    };
+    let mut outcome = Outcome { cases: Vec::new() };
     for case in &file.cases {
         let claims = claims(policy, case, base)
             .map_err(|e| format!("{}: case {:?}: {e}", path.display(), case.name))?;
         let decision = decide(policy, case, &claims)
             .map_err(|e| format!("{}: case {:?}: {e}", path.display(), case.name))?;
-        outcome.names.push(case.name.clone());
-        outcome.jobs.push(claims.clone());
-        match check(case, decision) {
-            None => outcome.passed += 1,
-            Some(problem) => outcome.failures.push(CaseFailure {
-                name: case.name.clone(),
-                problem,
-                trace: explain(
-                    policy,
-                    &claims,
-                    case.role.as_deref().or(case.token.as_deref()),
-                ),
-            }),
-        }
+        let failure = check(case, decision).map(|problem| CaseFailure {
+            problem,
+            trace: explain(
+                policy,
+                &claims,
+                case.role.as_deref().or(case.token.as_deref()),
+            ),
+        });
+        outcome.cases.push(CaseRun {
+            name: case.name.clone(),
+            claims,
+            failure,
+        });
     }
     Ok(outcome)
 }

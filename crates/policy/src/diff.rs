@@ -5,11 +5,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::{Claims, Grant, GrantKind, Policy, Role, Rule, TokenGrant};
+use crate::lint::{as_written, implies};
+use crate::report::markdown_cell;
+use crate::{Claims, Grant, GrantKind, Issuer, Policy, Role, Rule, TokenGrant};
 
 /// Claims every probe set varies, whether or not a rule names them: the ones reviewers reason
 /// about (who, which ref, which environment, how the pipeline started). `describe` words all but
@@ -45,10 +46,28 @@ pub struct Delta {
     pub decisions: Vec<DecisionChange>,
 }
 
-/// One difference in one role or token grant.
+/// What a change is about: one role or token grant, or the trust every grant rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A role or a token grant.
+    Grant(GrantKind),
+    /// The broker's audience, or an issuer (its keys, its algorithms).
+    Trust,
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Grant(kind) => kind.fmt(f),
+            Self::Trust => f.write_str("trust"),
+        }
+    }
+}
+
+/// One difference in one role or token grant, or in what the broker trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    pub kind: GrantKind,
+    pub kind: Scope,
     /// The role's or token grant's name.
     pub grant: String,
     pub what: What,
@@ -119,7 +138,7 @@ impl Delta {
 
 /// The delta from `old` to `new`; `cases` are extra probe jobs (`policy.tests.toml`'s).
 pub fn diff(old: &Policy, new: &Policy, cases: &[Claims]) -> Delta {
-    let mut changes = Vec::new();
+    let mut changes = trust_changes(old, new);
     for (kind, name, before, after) in grant_pairs(old, new) {
         grant_changes(&mut changes, kind, name, before, after);
     }
@@ -138,6 +157,75 @@ pub fn diff(old: &Policy, new: &Policy, cases: &[Claims]) -> Delta {
     let mut decisions = decision_changes(old, new, cases);
     decisions.sort_by_key(|d| !d.after);
     Delta { changes, decisions }
+}
+
+/// What the broker trusts before any rule is looked at: its audience and the issuers, their key
+/// URLs and algorithms. Each can make every grant reachable by tokens it did not accept before
+/// (another service's audience, keys someone else holds, a weaker algorithm), and no probe job's
+/// decision shows it, so every such change is marked widening unless it only removes trust.
+fn trust_changes(old: &Policy, new: &Policy) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let mut push = |name: &str, what: What, widening| {
+        changes.push(Change {
+            kind: Scope::Trust,
+            grant: name.to_owned(),
+            what,
+            widening,
+        })
+    };
+    if old.audience != new.audience {
+        let what = What::Setting {
+            name: "audience",
+            before: old.audience.clone(),
+            after: new.audience.clone(),
+        };
+        push("policy", what, true);
+    }
+    let find =
+        |policy: &'_ Policy, url: &str| policy.issuers.iter().find(|i| i.url == url).cloned();
+    for issuer in &old.issuers {
+        if find(new, &issuer.url).is_none() {
+            let what = What::Setting {
+                name: "issuer",
+                before: issuer.url.clone(),
+                after: "removed".into(),
+            };
+            push(&issuer.url, what, false);
+        }
+    }
+    for issuer in &new.issuers {
+        let Some(before) = find(old, &issuer.url) else {
+            let what = What::Setting {
+                name: "issuer",
+                before: "none".into(),
+                after: issuer.url.clone(),
+            };
+            push(&issuer.url, what, true);
+            continue;
+        };
+        if before.jwks_url != issuer.jwks_url {
+            let what = What::Setting {
+                name: "jwks_url",
+                before: before.jwks_url.clone(),
+                after: issuer.jwks_url.clone(),
+            };
+            push(&issuer.url, what, true);
+        }
+        let algorithms = |i: &Issuer| format!("{:?}", i.algorithms);
+        if before.algorithms != issuer.algorithms {
+            let added = issuer
+                .algorithms
+                .iter()
+                .any(|a| !before.algorithms.contains(a));
+            let what = What::Setting {
+                name: "algorithms",
+                before: algorithms(&before),
+                after: algorithms(issuer),
+            };
+            push(&issuer.url, what, added);
+        }
+    }
+    changes
 }
 
 /// Every grant of both files: (kind, name, old, new), roles then tokens.
@@ -192,7 +280,7 @@ fn grant_changes(
 ) {
     let mut push = |what, widening| {
         changes.push(Change {
-            kind,
+            kind: Scope::Grant(kind),
             grant: name.to_owned(),
             what,
             widening,
@@ -274,7 +362,7 @@ impl Settings<'_> {
     fn compare(&mut self, name: &'static str, before: String, after: String, widening: bool) {
         if before != after {
             self.changes.push(Change {
-                kind: self.kind,
+                kind: Scope::Grant(self.kind),
                 grant: self.grant.to_owned(),
                 what: What::Setting {
                     name,
@@ -297,15 +385,20 @@ fn role_settings(changes: &mut Vec<Change>, before: &Role, after: &Role) {
     settings.compare("arn", before.arn.to_string(), after.arn.to_string(), true);
     settings.compare(
         "max_duration",
-        duration(before.max_duration),
-        duration(after.max_duration),
+        as_written(before.max_duration),
+        as_written(after.max_duration),
         after.max_duration > before.max_duration,
     );
+    // A target role may grant on `aws:PrincipalTag/gitlab:*`: a new tag can turn access on.
+    let added_tags = after
+        .session_tags
+        .iter()
+        .any(|t| !before.session_tags.contains(t));
     settings.compare(
         "session_tags",
         before.session_tags.join(", "),
         after.session_tags.join(", "),
-        false,
+        added_tags,
     );
     // A session policy only ever narrows the role: removing or changing it can widen.
     let policy = |role: &Role| role.session_policy.clone().unwrap_or_else(|| "none".into());
@@ -338,8 +431,8 @@ fn token_settings(changes: &mut Vec<Change>, before: &TokenGrant, after: &TokenG
     );
     settings.compare(
         "max_ttl",
-        duration(before.max_ttl),
-        duration(after.max_ttl),
+        as_written(before.max_ttl),
+        as_written(after.max_ttl),
         after.max_ttl > before.max_ttl,
     );
     let added_claims = after.claims.iter().any(|c| !before.claims.contains(c));
@@ -349,15 +442,6 @@ fn token_settings(changes: &mut Vec<Change>, before: &TokenGrant, after: &TokenG
         after.claims.join(", "),
         added_claims,
     );
-}
-
-fn duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
 
 /// A rule's conditions as sets, so that order in the file does not count as a change.
@@ -377,31 +461,11 @@ fn same_rule(a: &Rule, b: &Rule) -> bool {
     rule_key(a) == rule_key(b)
 }
 
-/// Whether `new` may admit a job `old` did not: another issuer, the path-only waiver, a
-/// condition dropped, or a value added to a condition that no old value of it already covers
-/// (a literal an old glob matches is covered; a new glob is covered only by itself). The
-/// decisions on the probe jobs show what each change really does.
+/// Whether `new` may admit a job `old` did not: unless every job `new` admits is one `old`
+/// admitted too (lint's own implication, so `**` covers any glob), or `new` waives the path-only
+/// lint `old` kept. The decisions on the probe jobs show what each change really does.
 fn rule_widens(old: &Rule, new: &Rule) -> bool {
-    let covered = |claim: &str, pattern: &crate::Pattern| {
-        let Some(condition) = old.conditions.iter().find(|c| c.claim == claim) else {
-            return false;
-        };
-        condition.patterns.iter().any(|known| match pattern {
-            crate::Pattern::Exact(text) => known.matches(text),
-            crate::Pattern::Glob { source, .. } => known.source() == source,
-        })
-    };
-    old.issuer != new.issuer
-        || (new.allow_path_only && !old.allow_path_only)
-        || old.conditions.iter().any(|condition| {
-            match new.conditions.iter().find(|c| c.claim == condition.claim) {
-                None => true,
-                Some(narrower) => !narrower
-                    .patterns
-                    .iter()
-                    .all(|pattern| covered(&condition.claim, pattern)),
-            }
-        })
+    !implies(new, old) || (new.allow_path_only && !old.allow_path_only)
 }
 
 /// `project_id = "4242", ref = "main" | "release-*"`.
@@ -738,7 +802,7 @@ pub fn render_markdown(delta: &Delta) -> String {
             }
             let _ = writeln!(
                 out,
-                "| {mark} | {} `{}` | {text} |",
+                "| {mark} | {} {} | {text} |",
                 change.kind,
                 markdown_cell(&change.grant)
             );
@@ -753,7 +817,7 @@ pub fn render_markdown(delta: &Delta) -> String {
         for decision in shown {
             let _ = writeln!(
                 out,
-                "| {} | {} `{}` | {} | **{}** |",
+                "| {} | {} {} | {} | **{}** |",
                 markdown_cell(&decision.probe),
                 decision.kind,
                 markdown_cell(&decision.grant),
@@ -763,22 +827,6 @@ pub fn render_markdown(delta: &Delta) -> String {
         }
         if hidden > 0 {
             let _ = writeln!(out, "\n… and {hidden} more decision changes.");
-        }
-    }
-    out
-}
-
-/// Text that cannot break out of a Markdown table cell or inject markup.
-fn markdown_cell(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '|' | '\\' | '`' | '*' | '_' | '<' | '>' | '[' | ']' | '#' => {
-                out.push('\\');
-                out.push(c);
-            }
-            '\n' | '\r' => out.push(' '),
-            c => out.push(c),
         }
     }
     out

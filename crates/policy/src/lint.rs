@@ -207,8 +207,9 @@ fn match_everything(grant: &Grant, rule: &Rule, c: &Condition) -> Option<Finding
     ))
 }
 
-/// Whether every claims set that satisfies `narrow` also satisfies `wide`.
-fn implies(narrow: &Rule, wide: &Rule) -> bool {
+/// Whether every claims set that satisfies `narrow` also satisfies `wide` (`policy diff` asks
+/// it too: a changed rule widens unless the old one implies it).
+pub(crate) fn implies(narrow: &Rule, wide: &Rule) -> bool {
     narrow.issuer == wide.issuer
         && wide.conditions.iter().all(|w| {
             condition(narrow, &w.claim).is_some_and(|n| {
@@ -280,8 +281,8 @@ fn lint_role_chaining(role: &Role, findings: &mut Vec<Finding>) {
     }
 }
 
-/// A duration in the policy's own syntax (`"90m"`), so the message reads like the file.
-fn as_written(duration: Duration) -> String {
+/// A duration in the policy's own syntax (`"90m"`), so a message reads like the file.
+pub(crate) fn as_written(duration: Duration) -> String {
     match duration.as_secs() {
         s if s % 3600 == 0 => format!("{}h", s / 3600),
         s if s % 60 == 0 => format!("{}m", s / 60),

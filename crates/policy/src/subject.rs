@@ -44,7 +44,8 @@ enum Part {
 impl SubjectTemplate {
     /// Parses a template. Refused: unknown placeholders (path claims above all), a template that
     /// names neither `{project_id}` nor `{namespace_id}` or lacks `{issuer_host}` (ids are unique
-    /// only within one GitLab instance), placeholders not delimited by `:`, and literal text
+    /// only within one GitLab instance), `{ref}` without `{ref_type}` (lint TB104's confusion,
+    /// moved into the relying party's trust policy), placeholders not delimited by `:`, and literal text
     /// outside `[A-Za-z0-9_.:/-]`.
     pub fn parse(source: &str) -> Result<Self, String> {
         let parts = split(source)?;
@@ -59,6 +60,12 @@ impl SubjectTemplate {
         if !names("issuer_host") {
             return Err(
                 "has no {issuer_host}: ids are unique only within one GitLab instance".into(),
+            );
+        }
+        if names("ref") && !names("ref_type") {
+            return Err(
+                "names {ref} without {ref_type}: a tag named like a branch would get its subject"
+                    .into(),
             );
         }
         Ok(Self {
@@ -314,6 +321,10 @@ mod tests {
                 Err("{project_path}"),
             ),
             ("{issuer_host}:ref:{ref}:env:{environment}", Err("neither")),
+            (
+                "{issuer_host}:project_id:{project_id}:ref:{ref}",
+                Err("without {ref_type}"),
+            ),
             ("project_id:{project_id}", Err("{issuer_host}")),
             ("{issuer_host}:{project_id}{ref}", Err("next to")),
             ("{issuer_host}:p{project_id}", Err("next to")),

@@ -81,3 +81,28 @@ fn one_projects_view_keeps_the_rules_that_can_admit_it() {
         "{feature:?}"
     );
 }
+
+#[test]
+fn the_markdown_table_renders_policy_values_as_text_never_as_markup() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy/policy.toml"),
+    )
+    .unwrap()
+    .replace(
+        "project_path = \"acme/*\"",
+        "project_path = \"acme/@all<img src=x>|(y)\"",
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy");
+    let policy = token_broker_policy::parse(&dir.join("policy.toml"), &text, &|file| {
+        std::fs::read_to_string(dir.join(file)).map_err(|e| e.to_string())
+    })
+    .unwrap();
+    let markdown = render_markdown(&access(&policy));
+    assert!(
+        markdown.contains(r"acme/\@all\<img src=x\>\|\(y\)"),
+        "{markdown}"
+    );
+    for line in markdown.lines() {
+        assert_eq!(line.replace(r"\|", "").matches('|').count(), 8, "{line}");
+    }
+}

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use token_broker_policy::diff::{Delta, What, diff, render_json, render_markdown, render_text};
+use token_broker_policy::diff::{
+    Delta, Scope, What, diff, render_json, render_markdown, render_text,
+};
 use token_broker_policy::{GrantKind, Policy, parse};
 
 fn example() -> String {
@@ -43,7 +45,39 @@ fn a_policy_compared_with_itself_reports_nothing() {
 fn each_edit_is_reported_and_widening_ones_are_marked() {
     /// (what, from, to, the change's description, widening?, a decision line that must appear)
     type Case<'a> = (&'a str, &'a str, &'a str, &'a str, bool, Option<&'a str>);
-    let cases: [Case; 10] = [
+    let cases: [Case; 14] = [
+        (
+            "the issuer's keys fetched from elsewhere",
+            "url = \"https://gitlab.example.com\"",
+            "url = \"https://gitlab.example.com\"\njwks_url = \"https://keys.example.net/jwks\"",
+            "trust \"https://gitlab.example.com\" jwks_url: https://gitlab.example.com/oauth/discovery/keys → https://keys.example.net/jwks",
+            true,
+            None,
+        ),
+        (
+            "another algorithm accepted",
+            "url = \"https://gitlab.example.com\"",
+            "url = \"https://gitlab.example.com\"\nalgorithms = [\"RS256\", \"ES256\"]",
+            "trust \"https://gitlab.example.com\" algorithms: [RS256] → [RS256, ES256]",
+            true,
+            None,
+        ),
+        (
+            "tokens minted for another service accepted",
+            "audience = \"https://token-broker.example.com\"",
+            "audience = \"https://other-service.example.com\"",
+            "trust \"policy\" audience: https://token-broker.example.com → https://other-service.example.com",
+            true,
+            None,
+        ),
+        (
+            "a session tag added",
+            "session_tags = [\"project_id\", \"namespace_id\"]",
+            "session_tags = [\"project_id\", \"namespace_id\", \"pipeline_source\"]",
+            "role \"publish-artifacts\" session_tags: project_id, namespace_id → project_id, namespace_id, pipeline_source",
+            true,
+            None,
+        ),
         (
             "a use limit set",
             "max_duration = \"30m\"",
@@ -178,7 +212,7 @@ fn a_removed_rule_narrows_and_names_the_jobs_that_lose_access() {
     let narrowed = diff(&compile(&old), &compile(&example()), &[]);
     assert!(!narrowed.widens(), "{narrowed:#?}");
     let removed = &narrowed.changes[0];
-    assert_eq!(removed.kind, GrantKind::Token);
+    assert_eq!(removed.kind, Scope::Grant(GrantKind::Token));
     assert!(matches!(&removed.what, What::RuleRemoved(rule) if rule.text == "project_id = \"9\""));
     assert!(
         narrowed

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use token_broker_policy::cases::{CaseFailure, Outcome};
+use token_broker_policy::Claims;
+use token_broker_policy::cases::{CaseFailure, CaseRun, Outcome};
 use token_broker_policy::lint::lint;
 use token_broker_policy::report::{code_quality, junit};
 
@@ -60,15 +61,22 @@ fn code_quality_issues_have_gitlabs_fields_and_stable_distinct_fingerprints() {
 
 #[test]
 fn junit_lists_every_case_and_escapes_names_and_traces() {
-    let outcome = Outcome {
-        passed: 1,
-        failures: vec![CaseFailure {
-            name: "a <tag> & \"quote\"".into(),
-            problem: "expected allow, but: ref = \"a<b\"".into(),
+    let case = |name: &str, problem: Option<&str>| CaseRun {
+        name: name.into(),
+        claims: Claims::from_pairs("https://gitlab.example.com", []),
+        failure: problem.map(|problem| CaseFailure {
+            problem: problem.into(),
             trace: Vec::new(),
-        }],
-        names: vec!["main deploys".into(), "a <tag> & \"quote\"".into()],
-        jobs: Vec::new(),
+        }),
+    };
+    let outcome = Outcome {
+        cases: vec![
+            case("main deploys", None),
+            case(
+                "a <tag> & \"quote\"",
+                Some("expected allow, but: ref = \"a<b\""),
+            ),
+        ],
     };
     let xml = junit(Path::new("policy.tests.toml"), &outcome);
     assert!(
@@ -86,5 +94,26 @@ fn junit_lists_every_case_and_escapes_names_and_traces() {
     assert!(
         xml.contains(r#"<testcase classname="policy.tests.toml" name="main deploys"/>"#),
         "{xml}"
+    );
+}
+
+#[test]
+fn junit_keeps_cases_apart_that_share_a_name() {
+    let run = |failure: Option<&str>| CaseRun {
+        name: "same name".into(),
+        claims: Claims::from_pairs("https://gitlab.example.com", []),
+        failure: failure.map(|problem| CaseFailure {
+            problem: problem.into(),
+            trace: Vec::new(),
+        }),
+    };
+    let outcome = Outcome {
+        cases: vec![run(None), run(Some("expected deny"))],
+    };
+    let xml = junit(Path::new("policy.tests.toml"), &outcome);
+    assert_eq!(xml.matches("<failure ").count(), 1, "{xml}");
+    assert!(
+        xml.contains(r#"<testcase classname="policy.tests.toml" name="same name"/>"#),
+        "the passing case stays a pass: {xml}"
     );
 }

@@ -68,5 +68,6 @@ fn case_jobs(
         None if beside.exists() => &beside,
         None => return Ok(Vec::new()),
     };
-    Ok(cases::run(policy, path)?.jobs)
+    let outcome = cases::run(policy, path)?;
+    Ok(outcome.cases.into_iter().map(|case| case.claims).collect())
 }
