@@ -190,24 +190,9 @@ fn refused(code: &str) -> KmsError {
     }
 }
 
-/// Reduces an SDK error to its code (the message is dropped: it can name ARNs) and decides
-/// whether a retry could succeed: throttling, transient codes, 5xx, timeouts and connection
-/// trouble could; a refusal or an answer that is not KMS's (a 4xx from a proxy, say) could not.
 fn classify<E: ProvideErrorMetadata>(error: SdkError<E, HttpResponse>) -> KmsError {
-    let server_error = error
-        .raw_response()
-        .is_some_and(|response| response.status().is_server_error());
-    let (code, retryable) = match &error {
-        SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or("Unknown");
-            (code.to_owned(), RETRYABLE_CODES.contains(&code))
-        }
-        SdkError::TimeoutError(_) => ("Timeout".into(), true),
-        SdkError::DispatchFailure(_) => ("ConnectionFailure".into(), true),
-        SdkError::ResponseError(_) => ("BadResponse".into(), false),
-        _ => ("RequestNotSent".into(), false),
-    };
-    if retryable || server_error {
+    let super::Failure { code, retryable } = super::failure(&error, &RETRYABLE_CODES);
+    if retryable {
         KmsError::Unavailable { code }
     } else {
         KmsError::Refused { code }

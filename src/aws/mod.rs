@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_sts::config::http::HttpResponse;
+use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 
 /// The SDK configuration from the standard environment (region, credentials, and
 /// `AWS_ENDPOINT_URL` for a local emulator), with timeouts that keep a request from hanging.
@@ -29,4 +31,38 @@ pub fn timeouts() -> TimeoutConfig {
         .operation_attempt_timeout(Duration::from_secs(3))
         .operation_timeout(Duration::from_secs(8))
         .build()
+}
+
+/// An AWS call's failure reduced to its error code (the message is dropped: it can name ARNs)
+/// and whether a retry could succeed.
+pub(crate) struct Failure {
+    pub(crate) code: String,
+    pub(crate) retryable: bool,
+}
+
+/// What every adapter asks of an SDK error. Retryable: the service's `transient` codes (its
+/// throttling and internal errors), any 5xx, timeouts and connection failures. Not retryable:
+/// every other code (a missing table or key, a denied permission, a refusal), and an answer that
+/// is not the service's (a proxy's 4xx page): retrying cannot help until someone fixes it.
+pub(crate) fn failure<E: ProvideErrorMetadata>(
+    error: &SdkError<E, HttpResponse>,
+    transient: &[&str],
+) -> Failure {
+    let server_error = error
+        .raw_response()
+        .is_some_and(|response| response.status().is_server_error());
+    let (code, retryable) = match error {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("Unknown");
+            (code.to_owned(), transient.contains(&code))
+        }
+        SdkError::TimeoutError(_) => ("Timeout".to_owned(), true),
+        SdkError::DispatchFailure(_) => ("ConnectionFailure".to_owned(), true),
+        SdkError::ResponseError(_) => ("BadResponse".to_owned(), false),
+        _ => ("RequestNotSent".to_owned(), false),
+    };
+    Failure {
+        code,
+        retryable: retryable || server_error,
+    }
 }

@@ -25,11 +25,18 @@ pub const TTL_ATTRIBUTE: &str = "expires_at";
 /// Why the table could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplayError {
-    /// DynamoDB failed, refused or could not be reached: the guard cannot tell whether this use
-    /// is allowed, so the exchange fails closed and the caller may retry.
+    /// DynamoDB was throttled, failed or could not be reached: the guard cannot tell whether
+    /// this use is allowed, so the exchange fails closed and the caller may retry.
     #[error("the replay guard's table is unavailable ({code})")]
     Unavailable {
         /// The DynamoDB error code, or what kept the request from an answer.
+        code: String,
+    },
+    /// DynamoDB refused the call (no such table, no permission, a key schema other than the
+    /// template's): the exchange fails closed, and retrying cannot help until someone fixes it.
+    #[error("the replay guard's table refused the update ({code})")]
+    Refused {
+        /// The DynamoDB error code.
         code: String,
     },
     /// The policy limits token uses but this broker has no table.
@@ -76,8 +83,19 @@ impl ReplayTable {
     /// The table `table`; each item lives until its token's `exp` plus `margin` (the broker's
     /// clock leeway, for as long as the token is accepted).
     pub fn new(config: &aws_config::SdkConfig, table: String, margin: Duration) -> Self {
+        // Its own short timeouts: the guard's two calls share the function's 15 s with the JWKS
+        // fetch (3 s) and STS (8 s), and a use reserved before a Lambda timeout stays spent.
+        let config = aws_sdk_dynamodb::config::Builder::from(config)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(1))
+                    .operation_attempt_timeout(Duration::from_secs(1))
+                    .operation_timeout(Duration::from_secs(2))
+                    .build(),
+            )
+            .build();
         Self {
-            client: aws_sdk_dynamodb::Client::new(config),
+            client: aws_sdk_dynamodb::Client::from_conf(config),
             table,
             margin,
         }
@@ -149,17 +167,21 @@ fn is_condition_failed<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse
         if service.err().code() == Some("ConditionalCheckFailedException"))
 }
 
-/// Reduces an SDK error to its code; the message is dropped, as it can name the table's ARN.
+/// DynamoDB codes worth retrying: capacity and request quotas, and its own transient trouble.
+const RETRYABLE_CODES: [&str; 5] = [
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+];
+
 fn classify<E: ProvideErrorMetadata>(error: SdkError<E, HttpResponse>) -> ReplayError {
-    let code = match &error {
-        SdkError::ServiceError(service) => service.err().code().unwrap_or("Unknown"),
-        SdkError::TimeoutError(_) => "Timeout",
-        SdkError::DispatchFailure(_) => "ConnectionFailure",
-        SdkError::ResponseError(_) => "BadResponse",
-        _ => "RequestNotSent",
-    };
-    ReplayError::Unavailable {
-        code: code.to_owned(),
+    let super::Failure { code, retryable } = super::failure(&error, &RETRYABLE_CODES);
+    if retryable {
+        ReplayError::Unavailable { code }
+    } else {
+        ReplayError::Refused { code }
     }
 }
 

@@ -164,27 +164,11 @@ const RETRYABLE_CODES: [&str; 6] = [
     "IDPCommunicationError",
 ];
 
-/// Reduces an SDK error to its code; the message is dropped, as it can name ARNs.
 fn classify<E: ProvideErrorMetadata>(error: SdkError<E, HttpResponse>) -> StsError {
-    match &error {
-        SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or("Unknown").to_owned();
-            if RETRYABLE_CODES.contains(&code.as_str()) || service.raw().status().is_server_error()
-            {
-                StsError::Unavailable { code }
-            } else {
-                StsError::Refused { code }
-            }
-        }
-        SdkError::TimeoutError(_) => StsError::Unavailable {
-            code: "Timeout".into(),
-        },
-        SdkError::DispatchFailure(_) => StsError::Unavailable {
-            code: "ConnectionFailure".into(),
-        },
-        SdkError::ResponseError(_) => StsError::Unavailable {
-            code: "BadResponse".into(),
-        },
-        _ => refused("RequestNotSent"),
+    let super::Failure { code, retryable } = super::failure(&error, &RETRYABLE_CODES);
+    if retryable {
+        StsError::Unavailable { code }
+    } else {
+        StsError::Refused { code }
     }
 }

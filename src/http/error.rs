@@ -176,7 +176,10 @@ impl From<BrokerError> for ApiError {
             BrokerError::Replay(ReplayError::Unavailable { .. }) => {
                 ErrorCode::TemporarilyUnavailable
             }
-            BrokerError::Replay(ReplayError::NotConfigured) => ErrorCode::ServerError,
+            // A table that is missing or not ours to write stays so until someone fixes it.
+            BrokerError::Replay(ReplayError::NotConfigured | ReplayError::Refused { .. }) => {
+                ErrorCode::ServerError
+            }
         };
         Self::new(code, error.to_string())
     }

@@ -209,6 +209,22 @@ async fn an_unreachable_table_fails_closed_with_503_and_sts_is_never_called() {
 }
 
 #[tokio::test]
+async fn a_table_dynamodb_refuses_fails_closed_with_500_and_no_retry_after() {
+    // No such table in moto: ResourceNotFoundException, which no retry will cure.
+    let app = guarded_app("no-such-replay-table", &moto::sdk_config(), None).await;
+    let (token, job_id) = app.token(json!({}));
+    let response = app.credentials(&token, "role=read-only").await;
+    assert!(response.headers().get("retry-after").is_none());
+    app.assert_error(response, 500, "server_error", "ResourceNotFoundException")
+        .await;
+    assert!(
+        recorded_assume_roles(&format!("gitlab-4242-{job_id}"))
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn a_grant_with_token_uses_refuses_a_token_without_jti() {
     let app = guarded_app(&moto_table().await, &moto::sdk_config(), None).await;
     let (token, _) = app.token(json!({"jti": null}));
