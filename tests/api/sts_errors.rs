@@ -97,13 +97,10 @@ async fn sts_throttling_and_server_errors_are_retryable_503s() {
 
 #[tokio::test]
 async fn an_unreachable_sts_is_a_503() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Port 1 (tcpmux) is privileged and never served here: a port picked free and released
+    // again can be taken by another test's server before STS is called.
     let sdk = sdk_config_for(
-        &format!("http://127.0.0.1:{port}"),
+        "http://127.0.0.1:1",
         Credentials::new("t", "t", None, None, "tests"),
     );
     let app = spawn_app_with(AppSpec {
