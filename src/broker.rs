@@ -173,7 +173,7 @@ impl Broker {
         &self.policy
     }
 
-    /// The token verifier, for start-up prefetching.
+    /// The token verifier (tests read its key cache).
     pub fn verifier(&self) -> &Verifier {
         &self.verifier
     }
@@ -332,6 +332,10 @@ impl Broker {
     /// The metric line of a request: its outcome, by the policy's name for what was asked
     /// (`unknown` when the policy has none, so callers cannot mint dimension values).
     fn count<T>(&self, target: Target<'_>, started: Instant, result: &Result<T, BrokerError>) {
+        // Off outside Lambda unless a namespace is set: no policy lookup on the request path.
+        if !self.metrics.is_on() {
+            return;
+        }
         let subject = match target {
             Target::Role(name) => Subject::Role(
                 self.policy

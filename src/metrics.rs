@@ -134,9 +134,14 @@ impl Metrics {
         }
     }
 
+    /// Whether lines are written at all; callers skip building one when not.
+    pub fn is_on(&self) -> bool {
+        !matches!(self.sink, Sink::Off)
+    }
+
     /// Counts one decision.
     pub fn decision(&self, decision: &Decision<'_>) {
-        if matches!(self.sink, Sink::Off) {
+        if !self.is_on() {
             return;
         }
         self.write(decision_line(&self.namespace, decision, now_millis()));

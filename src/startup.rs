@@ -76,8 +76,15 @@ pub async fn build(
         .kms_key_id
         .clone()
         .map(|active| Kms::new(kms, active, settings.kms_retired_key_ids.clone()));
-    tokio::join!(verifier.prefetch(), prefetch_kms_keys(kms.as_ref()));
-    let broker = Broker::new(policy, verifier, Sts::new(sts), kms)
+    let sts = Sts::new(sts);
+    // Whether the broker's own credentials make AssumeRole role chaining (the 1 h cap) is found
+    // out once, here, rather than on the first request.
+    tokio::join!(
+        verifier.prefetch(),
+        prefetch_kms_keys(kms.as_ref()),
+        sts.session_cap()
+    );
+    let broker = Broker::new(policy, verifier, sts, kms)
         .with_replay_table(operations.replay)
         .with_metrics(operations.metrics);
     let state = AppState {

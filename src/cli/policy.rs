@@ -94,12 +94,23 @@ enum Report {
     Json,
 }
 
-/// `file`'s policy, or the exit code after saying on stderr why it does not load.
-fn load_or_exit(file: &Path) -> Result<Policy, ExitCode> {
-    load(file).map_err(|error| {
+/// `result`'s value, or exit 1 after saying on stderr why there is none: how every `policy`
+/// subcommand fails on a file it cannot use.
+fn or_exit<T>(result: Result<T, String>) -> Result<T, ExitCode> {
+    result.map_err(|error| {
         eprintln!("error: {error}");
         ExitCode::FAILURE
     })
+}
+
+/// `file`'s policy, or exit 1 after saying why it does not load.
+fn load_or_exit(file: &Path) -> Result<Policy, ExitCode> {
+    or_exit(load(file).map_err(|e| e.to_string()))
+}
+
+/// The decision cases `policy test` and `policy diff` read unless told another file.
+fn cases_beside(policy: &Path) -> PathBuf {
+    policy.with_file_name("policy.tests.toml")
 }
 
 /// Compiles and lints `file`. Exit 1 on a compile error or an error finding (or any warning
@@ -164,16 +175,10 @@ fn check_human(file: &Path, findings: &[Finding], compile_error: Option<&str>) -
 /// Runs the decision cases in `cases_file` (default: `policy.tests.toml` beside the policy), and
 /// writes them as JUnit XML to `junit_file` when asked.
 fn test(file: &Path, cases_file: Option<PathBuf>, junit_file: Option<&Path>) -> ExitCode {
-    let cases_file = cases_file.unwrap_or_else(|| file.with_file_name("policy.tests.toml"));
-    let outcome = match load(file)
-        .map_err(|e| e.to_string())
-        .and_then(|p| cases::run(&p, &cases_file))
-    {
+    let cases_file = cases_file.unwrap_or_else(|| cases_beside(file));
+    let outcome = match load_or_exit(file).and_then(|p| or_exit(cases::run(&p, &cases_file))) {
         Ok(outcome) => outcome,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     for (name, failure) in outcome.failures() {
         println!("FAIL {name:?}: {}", failure.problem);
@@ -201,15 +206,10 @@ fn test(file: &Path, cases_file: Option<PathBuf>, junit_file: Option<&Path>) -> 
 
 /// Shows, for the claims in `claims_file`, how every role (or `role`) decides and why.
 fn explain_claims(file: &Path, claims_file: &Path, role: Option<&str>) -> ExitCode {
-    let loaded = load(file)
-        .map_err(|e| e.to_string())
-        .and_then(|policy| Ok((policy, read_claims(claims_file)?)));
+    let loaded = load_or_exit(file).and_then(|p| Ok((p, or_exit(read_claims(claims_file))?)));
     let (policy, claims): (Policy, Claims) = match loaded {
         Ok(loaded) => loaded,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let explanations = explain(&policy, &claims, role);
     if explanations.is_empty() {

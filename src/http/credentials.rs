@@ -111,7 +111,8 @@ impl Query {
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             if !seen.insert(name.clone()) {
                 return Err(ApiError::invalid_request(format!(
-                    "query parameter `{name}` is repeated"
+                    "query parameter `{}` is repeated",
+                    shortened(&name)
                 )));
             }
             match name.as_ref() {
@@ -143,12 +144,16 @@ impl Query {
     }
 }
 
-/// A caller-chosen name, cut to a length that keeps an error message readable.
+/// A caller-chosen name as an error message may repeat it: a misspelt parameter (`duration`) is
+/// named, anything else is not, since a job that pastes its token into the query string would
+/// otherwise get part of it back in the answer, and in its log.
 fn shortened(name: &str) -> String {
-    const MAX_CHARS: usize = 64;
-    match name.char_indices().nth(MAX_CHARS) {
-        Some((at, _)) => format!("{}…", &name[..at]),
-        None => name.to_owned(),
+    let plain =
+        (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    if plain {
+        name.to_owned()
+    } else {
+        "…".to_owned()
     }
 }
 

@@ -42,7 +42,7 @@ pub(super) async fn configuration(
         "issuer": issuer,
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "token_endpoint": format!("{issuer}/v1/token"),
-        "grant_types_supported": [super::TOKEN_EXCHANGE],
+        "grant_types_supported": [super::token::TOKEN_EXCHANGE],
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algorithms,

@@ -118,11 +118,6 @@ impl ApiError {
         error
     }
 
-    /// The code, for tests and logs.
-    pub fn code(&self) -> ErrorCode {
-        self.code
-    }
-
     /// The response, with `request_id` in the body and in `x-request-id`.
     pub fn into_response(self, request_id: &str) -> Response<Bytes> {
         #[derive(Serialize)]

@@ -16,7 +16,7 @@ mod token;
 
 pub use credentials::parse_credentials_request;
 pub use error::{ApiError, ErrorCode};
-pub use token::{TOKEN_EXCHANGE, parse_token_exchange_request};
+pub use token::parse_token_exchange_request;
 
 /// Largest request body read: room for a form that carries a token of the largest size taken.
 pub const MAX_BODY_BYTES: usize = MAX_TOKEN_BYTES + 4 * 1024;

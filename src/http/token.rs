@@ -16,7 +16,7 @@ use crate::secret::Secret;
 use crate::startup::AppState;
 
 /// The one grant type `/v1/token` serves (RFC 8693 §2.1).
-pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub(super) const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// The token type of GitLab's ID token, and of the token the broker issues.
 const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// Also taken for the subject token: GitLab's is an OIDC ID token.

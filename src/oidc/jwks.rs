@@ -324,3 +324,32 @@ fn fits(jwk: &Jwk, algorithms: &[Algorithm]) -> bool {
     };
     family_ok && alg_ok
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    use super::*;
+
+    /// A key set of one RSA key whose modulus has `bytes` bytes.
+    fn rsa_key_set(bytes: usize) -> Vec<u8> {
+        let mut modulus = vec![0xc5; bytes];
+        modulus[bytes - 1] = 0x01;
+        let n = URL_SAFE_NO_PAD.encode(&modulus);
+        format!(r#"{{"keys":[{{"kty":"RSA","kid":"k","use":"sig","alg":"RS256","n":"{n}","e":"AQAB"}}]}}"#)
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_key_set_whose_keys_verify_nothing_is_not_a_usable_key_set() {
+        let pinned = [Algorithm::RS256];
+        assert!(usable_keys(&rsa_key_set(256), &pinned).is_ok(), "RSA-2048");
+        // aws-lc-rs verifies RS256 only with 2,048 to 8,192 bits: RSA-1024 could verify nothing,
+        // so it must not replace the cached keys.
+        let Err(error) = usable_keys(&rsa_key_set(128), &pinned) else {
+            panic!("an RSA-1024 key set was taken as usable");
+        };
+        assert!(error.contains("no key usable"), "{error}");
+    }
+}

@@ -28,7 +28,9 @@ enum Family {
 
 impl VerifyingKey {
     /// The key of `jwk`, parsed for each of `algorithms` in its family; `None` when jsonwebtoken
-    /// would not make a key of it, or it is neither RSA nor EC.
+    /// would not make a key of it, it is neither RSA nor EC, or aws-lc-rs refuses it for every
+    /// one of `algorithms` (an RSA key under 2,048 bits, a P-384 point pinned for ES256): such a
+    /// key could verify nothing, so a key set of only such keys is no key set at all.
     pub fn from_jwk(jwk: &Jwk, algorithms: &[Algorithm]) -> Option<Self> {
         let decoding = DecodingKey::from_jwk(jwk).ok()?;
         let family = match decoding.kind() {
@@ -40,11 +42,14 @@ impl VerifyingKey {
             }
             DecodingKeyKind::SecretOrDer(_) => return None,
         };
-        let parsed = algorithms
+        let parsed: Vec<_> = algorithms
             .iter()
             .filter(|alg| family_of(**alg) == Some(family))
             .map(|alg| (*alg, parse(&decoding, *alg)))
             .collect();
+        if parsed.iter().all(|(_, key)| key.is_none()) {
+            return None;
+        }
         Some(Self { family, parsed })
     }
 
@@ -108,9 +113,22 @@ fn rsa_params(alg: Algorithm) -> Option<&'static signature::RsaParameters> {
 /// The key parsed for `alg`, or `None` when aws-lc-rs refuses it (every signature then fails).
 fn parse(decoding: &DecodingKey, alg: Algorithm) -> Option<ParsedPublicKey> {
     match decoding.kind() {
-        DecodingKeyKind::RsaModulusExponent { n, e } => RsaPublicKeyComponents { n, e }
-            .to_parsed_public_key(rsa_params(alg)?)
-            .ok(),
+        // aws-lc-rs checks the modulus size only when verifying; checked here too, so that a
+        // key it would refuse every signature from is no key at all.
+        DecodingKeyKind::RsaModulusExponent { n, e }
+            if rsa_bits(n).is_some_and(|bits| (2048..=8192).contains(&bits)) =>
+        {
+            RsaPublicKeyComponents { n, e }
+                .to_parsed_public_key(rsa_params(alg)?)
+                .ok()
+        }
+        DecodingKeyKind::RsaModulusExponent { .. } => None,
         DecodingKeyKind::SecretOrDer(point) => ParsedPublicKey::new(ec_algorithm(alg)?, point).ok(),
     }
+}
+
+/// The size in bits of a big-endian modulus, leading zero bytes aside.
+fn rsa_bits(n: &[u8]) -> Option<usize> {
+    let start = n.iter().position(|b| *b != 0)?;
+    Some((n.len() - start) * 8 - n[start].leading_zeros() as usize)
 }

@@ -208,6 +208,19 @@ async fn an_unknown_query_parameter_is_named() {
         "unknown query parameter `duration`",
     )
     .await;
+    // A token pasted into the query string (as a name, or twice) never comes back in the answer.
+    for query in [
+        format!("role=read-only&{token}"),
+        format!("role=read-only&{token}&{token}"),
+    ] {
+        let response = app.credentials(&token, &query).await;
+        let body = app
+            .assert_error(response, 400, "invalid_request", "query parameter `…`")
+            .await;
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!body.to_string().contains(&signature[..16]), "{body}");
+        assert!(!body.to_string().contains("eyJ"), "{body}");
+    }
 }
 
 #[tokio::test]

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::Report;
+use super::{Report, cases_beside, load_or_exit, or_exit};
+use crate::policy::cases;
 use crate::policy::diff::{diff, render_json, render_markdown, render_text};
-use crate::policy::{cases, load};
 
 /// Arguments of `policy diff`.
 #[derive(clap::Args)]
@@ -28,19 +28,14 @@ pub struct Args {
 
 /// Prints the delta from `args.old` to `args.new`.
 pub fn exec(args: Args) -> ExitCode {
-    let loaded = load(&args.old)
-        .and_then(|old| Ok((old, load(&args.new)?)))
-        .map_err(|e| e.to_string())
-        .and_then(|(old, new)| {
-            let jobs = case_jobs(&new, &args.new, args.cases.as_deref())?;
-            Ok((old, new, jobs))
-        });
+    let loaded = load_or_exit(&args.old).and_then(|old| {
+        let new = load_or_exit(&args.new)?;
+        let jobs = or_exit(case_jobs(&new, &args.new, args.cases.as_deref()))?;
+        Ok((old, new, jobs))
+    });
     let (old, new, jobs) = match loaded {
         Ok(loaded) => loaded,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let delta = diff(&old, &new, &jobs);
     match args.format {
@@ -62,7 +57,7 @@ fn case_jobs(
     new: &Path,
     cases_file: Option<&Path>,
 ) -> Result<Vec<crate::Claims>, String> {
-    let beside = new.with_file_name("policy.tests.toml");
+    let beside = cases_beside(new);
     let path = match cases_file {
         Some(path) => path,
         None if beside.exists() => &beside,
