@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests need besides the Python venv (scripts/tools.sh): the job snippets of
-# README.md and examples/gitlab-ci/ run under dash and busybox sh (alpine's shell) with curl and jq.
+# README.md and examples/gitlab-ci/ run under dash and busybox sh (alpine's shell) with curl and
+# jq; and python3-venv when the system python3 cannot make the venv without it.
 #
 #   scripts/apt-tools.sh   -> installs whichever of them is missing; a no-op when all are there
 #
@@ -14,6 +15,11 @@ missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
 done
+# scripts/tools.sh makes its venv with `python3 -m venv`; Debian's own python3 needs
+# python3-venv for that (a pyenv or distro-independent Python brings its own).
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
 [ "${#missing[@]}" -eq 0 ] && exit 0
 
 sudo=()
