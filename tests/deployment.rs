@@ -328,10 +328,14 @@ fn the_replay_table_exists_only_when_enabled_on_demand_with_ttl_and_update_item_
     assert_eq!(table["Condition"], "HasReplayGuard");
     let properties = &table["Properties"];
     assert_eq!(properties["BillingMode"], "PAY_PER_REQUEST");
-    assert_eq!(properties["KeySchema"][0]["AttributeName"], "id");
+    // The attributes the broker writes (src/aws/replay.rs), so template and code cannot drift.
+    assert_eq!(
+        properties["KeySchema"][0]["AttributeName"],
+        token_broker::aws::replay::KEY_ATTRIBUTE
+    );
     assert_eq!(
         properties["TimeToLiveSpecification"]["AttributeName"],
-        "expires_at"
+        token_broker::aws::replay::TTL_ATTRIBUTE
     );
     assert_eq!(properties["TimeToLiveSpecification"]["Enabled"], true);
 

@@ -101,7 +101,7 @@ async fn the_built_binary_answers_function_url_requests_under_cargo_lambda_watch
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(std::process::Stdio::null());
-    let emulator = ChildGroup::spawn(emulator);
+    let mut emulator = ChildGroup::spawn(emulator);
 
     let base = format!("http://127.0.0.1:{port}/lambda-url/token-broker");
     let client = reqwest::Client::new();
@@ -168,11 +168,9 @@ impl ChildGroup {
         )
     }
 
-    fn is_running(&self) -> bool {
-        std::process::Command::new("kill")
-            .args(["-0", &self.0.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success())
+    /// `kill -0` would also succeed on the exited, unreaped emulator: ask for its exit status.
+    fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
     }
 }
 
