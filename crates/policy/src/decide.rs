@@ -159,8 +159,15 @@ impl Policy {
     /// rule names is told nothing about the policy's roles and rules: anyone on gitlab.com can
     /// mint a token with the broker's audience, and must not learn the policy by asking.
     pub fn admits_project(&self, claims: &Claims) -> bool {
-        self.grants()
-            .any(|grant| grant.candidates(claims).any(|rule| rule.names(claims)))
+        // Every rule of the caller's issuer, not the index's candidates: the index files a rule
+        // under one of its ids, so a rule that names the caller's namespace could be missed for
+        // a large grant and found for a small one. Only the deny path asks.
+        self.grants().any(|grant| {
+            grant
+                .rules
+                .iter()
+                .any(|rule| rule.issuer == claims.issuer() && rule.names(claims))
+        })
     }
 }
 
@@ -264,6 +271,31 @@ mod tests {
 
     /// A role pinned to a project, a token pinned to a namespace, and a path-only rule.
     const POLICY: &str = include_str!("../tests/fixtures/admits-project.toml");
+
+    #[test]
+    fn a_large_indexed_grant_admits_the_same_projects_as_a_small_one() {
+        // Rule 1 pins a project and a namespace; the others make the grant large enough to be
+        // indexed (crate::index::INDEX_FROM_RULES).
+        let mut text = String::from(
+            "audience = \"https://token-broker.example.com\"\n\n[[issuer]]\nurl = \"https://gitlab.example.com\"\n\n[role.deploy]\narn = \"arn:aws:iam::123456789012:role/deploy\"\n\n[[role.deploy.allow]]\nproject_id = \"4242\"\nnamespace_id = \"72\"\n",
+        );
+        for id in 0..crate::index::INDEX_FROM_RULES {
+            text.push_str(&format!(
+                "\n[[role.deploy.allow]]\nproject_id = \"{}\"\n",
+                9000 + id
+            ));
+        }
+        let policy = parse(Path::new("p.toml"), &text, &|_| Err("no files".into())).unwrap();
+        assert!(
+            policy.roles[0].grant.index.is_some(),
+            "the grant is indexed"
+        );
+        let same_namespace =
+            Claims::from_pairs(GITLAB, [("project_id", "1"), ("namespace_id", "72")]);
+        assert!(policy.admits_project(&same_namespace));
+        let stranger = Claims::from_pairs(GITLAB, [("project_id", "1"), ("namespace_id", "666")]);
+        assert!(!policy.admits_project(&stranger));
+    }
 
     #[test]
     fn a_project_is_admitted_only_where_a_rule_names_its_identity() {

@@ -154,7 +154,7 @@ pub fn diff(old: &Policy, new: &Policy, cases: &[Claims]) -> Delta {
     }
     // Stable: within each group the file's order stays.
     changes.sort_by_key(|c| !c.widening);
-    let mut decisions = decision_changes(old, new, cases);
+    let mut decisions = decision_changes(old, new, cases, &changes);
     decisions.sort_by_key(|d| !d.after);
     Delta { changes, decisions }
 }
@@ -528,12 +528,27 @@ fn rule_edits(before: &RuleText, after: &RuleText) -> String {
 /// Every probe job, decided by both policies, where the decision differs. Only the smallest
 /// jobs that show a change are kept: a job that adds claims to one already listed for the same
 /// grant and the same change says nothing new.
-fn decision_changes(old: &Policy, new: &Policy, cases: &[Claims]) -> Vec<DecisionChange> {
+fn decision_changes(
+    old: &Policy,
+    new: &Policy,
+    cases: &[Claims],
+    changes: &[Change],
+) -> Vec<DecisionChange> {
+    // A grant whose rules did not change decides every job as before: only changed ones are
+    // probed (over the probe jobs of both whole files, which a changed rule may newly admit).
+    let changed = |kind: GrantKind, name: &str| {
+        changes
+            .iter()
+            .any(|c| c.kind == Scope::Grant(kind) && c.grant == name)
+    };
     let probes = probes(old, new, cases);
     let several_issuers = old.issuers.len().max(new.issuers.len()) > 1;
     let named = named_claims(old, new);
     let mut changes = Vec::new();
     for (kind, name, before, after) in grant_pairs(old, new) {
+        if !changed(kind, name) {
+            continue;
+        }
         // (issuer, the claims a rule names) of each job whose decision changed, by direction.
         let mut shown: Vec<(bool, &str, BTreeMap<&str, &str>)> = Vec::new();
         let mut found: Vec<(bool, &str, BTreeMap<&str, &str>)> = Vec::new();
