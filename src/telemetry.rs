@@ -16,9 +16,7 @@ use tracing_subscriber::{EnvFilter, Layer, Registry, layer::SubscriberExt};
 /// own credentials' identity, the SigV4 signer the identity it signs with, and lambda_runtime the
 /// raw Lambda event, whose `authorization` header is the caller's GitLab token. The HTTP stacks
 /// underneath see the same bytes. None of them has anything to say below `info` that we need.
-const CAPPED_CRATES: [&str; 7] = [
-    "aws_", "lambda_", "hyper", "h2", "reqwest", "rustls", "tower",
-];
+const CAPPED_CRATES: [&str; 6] = ["aws_", "lambda_", "hyper", "h2", "rustls", "tower"];
 
 /// Installs the global subscriber once, filtered by `filter` (`RUST_LOG` syntax, from
 /// [`crate::config::log_filter`]); later calls are ignored (tests build many apps).
@@ -82,7 +80,7 @@ mod tests {
             ("lambda_runtime::layers::api_response", true),
             ("hyper_util::client::legacy", true),
             ("h2::codec", true),
-            ("reqwest::connect", true),
+            ("aws_smithy_http_client::client::connect", true),
             ("rustls::client::hs", true),
             ("token_broker::oidc::jwks", false),
             ("audit", false),

@@ -1,6 +1,7 @@
 //! AWS adapters. Each owns its SDK client; nothing outside this module sees an SDK type, and SDK
 //! errors are reduced to their error code before they leave it (messages can carry ARNs).
 
+pub(crate) mod http;
 pub mod jwk;
 pub mod kms;
 pub mod replay;
@@ -16,9 +17,11 @@ use aws_sdk_sts::config::http::HttpResponse;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 
 /// The SDK configuration from the standard environment (region, credentials, and
-/// `AWS_ENDPOINT_URL` for a local emulator), with timeouts that keep a request from hanging.
+/// `AWS_ENDPOINT_URL` for a local emulator), with timeouts that keep a request from hanging, over
+/// the process's one HTTP client.
 pub async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http::sdk_client())
         .timeout_config(timeouts())
         .load()
         .await

@@ -6,7 +6,8 @@
 //! already cached, and an answer that is not a usable key set (a proxy's HTML page, `{"keys":[]}`,
 //! two keys under one `kid`) is a failed fetch: anyone can trigger a refetch with a made-up `kid`,
 //! so a garbage answer must not be able to empty the cache. Every fetch is capped in time and
-//! size and follows no redirect.
+//! size and follows no redirect; it goes over the SDK's HTTP client (`aws::http`), so the process
+//! has one TLS stack.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::key::VerifyingKey;
+use crate::aws::http;
 use crate::metrics::Metrics;
 use crate::policy::Issuer;
 
@@ -62,7 +64,6 @@ pub enum KeyError {
 
 /// The signing keys of every issuer in the policy.
 pub struct JwksCache {
-    client: reqwest::Client,
     settings: JwksSettings,
     issuers: HashMap<String, IssuerKeys>,
     metrics: Metrics,
@@ -99,13 +100,6 @@ struct FetchState {
 impl JwksCache {
     /// An empty cache for the policy's issuers.
     pub fn new(issuers: &[Issuer], settings: JwksSettings) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("static HTTP client configuration");
         let issuers = issuers
             .iter()
             .map(|issuer| {
@@ -123,7 +117,6 @@ impl JwksCache {
             })
             .collect();
         Self {
-            client,
             settings,
             issuers,
             metrics: Metrics::default(),
@@ -196,7 +189,8 @@ impl IssuerKeys {
 
     async fn refresh(&self, cache: &JwksCache, state: &mut FetchState) {
         state.last_attempt = Some(Instant::now());
-        let fetched = fetch(&cache.client, &self.jwks_url, cache.settings.max_bytes)
+        let settings = &cache.settings;
+        let fetched = http::get(&self.jwks_url, settings.max_bytes, settings.timeout)
             .await
             .and_then(|body| usable_keys(&body, &self.algorithms));
         match fetched {
@@ -214,37 +208,6 @@ impl IssuerKeys {
                 state.last_ok = false;
             }
         }
-    }
-}
-
-async fn fetch(client: &reqwest::Client, url: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
-    let mut response = client.get(url).send().await.map_err(|e| describe(&e))?;
-    if response.status() != reqwest::StatusCode::OK {
-        return Err(format!("status {}", response.status().as_u16()));
-    }
-    if response
-        .content_length()
-        .is_some_and(|len| len > max_bytes as u64)
-    {
-        return Err(format!("body larger than {max_bytes} bytes"));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
-        if body.len() + chunk.len() > max_bytes {
-            return Err(format!("body larger than {max_bytes} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-fn describe(error: &reqwest::Error) -> String {
-    if error.is_timeout() {
-        "timed out".into()
-    } else if error.is_connect() {
-        "connection failed".into()
-    } else {
-        "request failed".into()
     }
 }
 

@@ -165,6 +165,34 @@ async fn a_jwks_endpoint_that_is_slow_huge_garbage_or_empty_is_a_bounded_503_wit
 }
 
 #[tokio::test]
+async fn a_jwks_endpoint_that_redirects_is_not_followed() {
+    // If the fetch followed the redirect, whoever controls the target would choose the keys: the
+    // token below, signed by that stranger under its own kid, would verify.
+    let stranger = LocalIssuer::start().await;
+    let port = url::Url::parse(stranger.url())
+        .ok()
+        .and_then(|url| url.port())
+        .expect("the stranger listens on a loopback port");
+    let issuer = LocalIssuer::start().await;
+    issuer.set_mode(Mode::RedirectTo(port));
+    let app = spawn_app_with(AppSpec {
+        issuer: Some(issuer),
+        ..Default::default()
+    })
+    .await;
+    let (claims, _) = app.claims(json!({}));
+    let forged = stranger.mint(&claims);
+    let response = app.credentials(&forged, "role=read-only").await;
+    app.assert_error(response, 503, "temporarily_unavailable", "keys")
+        .await;
+    assert_eq!(stranger.jwks_requests(), 0, "the redirect was not followed");
+    assert!(
+        app.issuer.jwks_requests() >= 1,
+        "the policy's jwks_url was asked"
+    );
+}
+
+#[tokio::test]
 async fn a_key_replaced_under_the_same_kid_is_refused_without_refetching() {
     // GitLab's kids are key thumbprints, so a new key under an old kid is a misbehaving issuer.
     // The cached key stays authoritative until it ages out (1 h): a bad signature under a known

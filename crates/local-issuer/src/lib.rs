@@ -47,6 +47,8 @@ pub enum Mode {
     EmptyKeys,
     /// The key set with a second, different key published under the signing key's `kid`.
     DuplicateKid,
+    /// `302` to the key set of the issuer on this loopback port (someone else's keys).
+    RedirectTo(u16),
 }
 
 pub(crate) struct Shared {

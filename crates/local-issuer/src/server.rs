@@ -40,6 +40,15 @@ async fn jwks(shared: &Shared) -> Response<Full<Bytes>> {
         Mode::Garbage => return status(StatusCode::OK, "<html>not a key set</html>"),
         Mode::EmptyKeys => return json_response(&json!({"keys": []})),
         Mode::DuplicateKid => {}
+        Mode::RedirectTo(port) => {
+            let mut response = status(StatusCode::FOUND, "");
+            let location = format!("http://127.0.0.1:{port}/oauth/discovery/keys");
+            response.headers_mut().insert(
+                hyper::header::LOCATION,
+                location.parse().expect("a loopback URL is a header value"),
+            );
+            return response;
+        }
     }
     let mut keys: Vec<Value> = shared
         .keys

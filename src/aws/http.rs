@@ -1,0 +1,97 @@
+//! The process's one HTTP client: the AWS SDK's own hyper + rustls (aws-lc) stack, built once,
+//! shared by every SDK client and by the JWKS fetches. One TLS configuration and one load of the
+//! root certificates instead of two stacks; under Lambda's CPU share that load is a measurable
+//! part of a cold start (BENCHMARKS.md).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_sdk_sts::config::SharedHttpClient;
+use aws_smithy_http_client::Connector;
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::client::http::{
+    HttpConnector, HttpConnectorSettings, SharedHttpConnector, http_client_fn,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_types::body::SdkBody;
+use http_body_util::{BodyExt, Limited};
+
+/// The connector, made (and the root certificates loaded) on first use: the JWKS prefetch at
+/// start, or the first AWS call. It follows no redirect and connects within [`super::timeouts`]'s
+/// connect timeout.
+fn connector() -> &'static SharedHttpConnector {
+    static CONNECTOR: OnceLock<SharedHttpConnector> = OnceLock::new();
+    CONNECTOR.get_or_init(|| {
+        let settings = HttpConnectorSettings::builder()
+            .connect_timeout(
+                super::timeouts()
+                    .connect_timeout()
+                    .expect("the broker's timeouts set a connect timeout"),
+            )
+            .build();
+        SharedHttpConnector::new(
+            Connector::builder()
+                .connector_settings(settings)
+                .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                .build(),
+        )
+    })
+}
+
+/// The shared connector as the SDK's HTTP client. The SDK asks with its clients' connect and read
+/// timeouts; the broker's clients all use [`super::timeouts`], which the connector was built
+/// with, and the operation timeouts are the SDK's own business above the connector.
+pub(crate) fn sdk_client() -> SharedHttpClient {
+    http_client_fn(|_settings, _components| connector().clone())
+}
+
+/// `GET url`: its body when the answer is `200` and at most `max_bytes` long, all within
+/// `timeout`. Redirects are not followed (an answer other than `200` is an error). The error
+/// says what failed, never what was sent or received.
+pub(crate) async fn get(url: &str, max_bytes: usize, timeout: Duration) -> Result<Vec<u8>, String> {
+    tokio::time::timeout(timeout, get_unbounded(url, max_bytes))
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+async fn get_unbounded(url: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
+    let request = http::Request::get(url)
+        .header(
+            http::header::USER_AGENT,
+            concat!("token-broker/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(SdkBody::empty())
+        .map_err(|_| "not a URL".to_owned())?;
+    let request = HttpRequest::try_from(request).map_err(|_| "not a URL".to_owned())?;
+    let response = connector().call(request).await.map_err(|error| {
+        if error.is_timeout() {
+            "timed out".to_owned()
+        } else if error.is_io() {
+            "connection failed".to_owned()
+        } else {
+            "request failed".to_owned()
+        }
+    })?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(format!("status {status}"));
+    }
+    let declared = response
+        .headers()
+        .get("content-length")
+        .and_then(|len| len.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_bytes as u64) {
+        return Err(format!("body larger than {max_bytes} bytes"));
+    }
+    let body = Limited::new(response.into_body(), max_bytes)
+        .collect()
+        .await
+        .map_err(|error| {
+            if error.is::<http_body_util::LengthLimitError>() {
+                format!("body larger than {max_bytes} bytes")
+            } else {
+                "reading the body failed".to_owned()
+            }
+        })?;
+    Ok(body.to_bytes().to_vec())
+}
