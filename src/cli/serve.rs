@@ -32,7 +32,7 @@ async fn run(settings: Settings, listen: SocketAddr) -> ExitCode {
         Ok(state) => state,
         Err(error) => return fail(&error),
     };
-    let listener = match tokio::net::TcpListener::bind(listen).await {
+    let listener = match serve::bind(listen) {
         Ok(listener) => listener,
         Err(error) => return fail(&format!("cannot listen on {listen}: {error}")),
     };

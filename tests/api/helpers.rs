@@ -108,7 +108,7 @@ pub async fn spawn_app_with(spec: AppSpec) -> TestApp {
     let state = startup::build(&settings, &sts, &kms, spec.operations)
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = token_broker::serve::bind(([127, 0, 0, 1], 0).into()).unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(token_broker::serve::run(
         listener,

@@ -1,6 +1,7 @@
 //! One black-box test binary: the router over HTTP, with a local GitLab issuer and moto for STS.
 
 mod attacks;
+mod connections;
 mod credentials;
 mod fail_safe;
 mod faults;

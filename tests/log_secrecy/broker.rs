@@ -39,7 +39,7 @@ impl Broker {
         let state: Arc<_> = startup::build(&settings, &sdk, &sdk, Default::default())
             .await
             .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = token_broker::serve::bind(([127, 0, 0, 1], 0).into()).unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(token_broker::serve::run(
             listener,

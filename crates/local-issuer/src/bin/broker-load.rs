@@ -83,7 +83,7 @@ async fn main() {
     }
 }
 
-/// One keep-alive connection sending requests until the shared count runs out; a failed
+/// One keep-alive connection sending requests until the shared count runs out; a failed or closed
 /// connection is replaced.
 async fn worker(args: Arc<Args>, next: Arc<AtomicUsize>) -> (Vec<Duration>, usize) {
     let authority = args
@@ -121,6 +121,14 @@ async fn worker(args: Arc<Args>, next: Arc<AtomicUsize>) -> (Vec<Duration>, usiz
         match outcome {
             Ok(response) => {
                 let ok = response.status() == 200;
+                // The broker closes connections when all its slots are taken; reconnect.
+                if response
+                    .headers()
+                    .get(hyper::header::CONNECTION)
+                    .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"))
+                {
+                    sender = None;
+                }
                 let _ = response.into_body().collect().await;
                 if ok {
                     latencies.push(started.elapsed());

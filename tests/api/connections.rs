@@ -1,0 +1,57 @@
+//! `serve` with more callers than it holds connections for: the rest wait in the accept queue,
+//! keep-alive callers give their slot up while others wait, and every request is answered.
+
+use aws_sdk_sts::config::Credentials;
+use futures_util::future::join_all;
+use local_issuer::sts::LocalSts;
+use serde_json::json;
+use token_broker::serve::MAX_CONNECTIONS;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn more_keep_alive_callers_than_connection_slots_are_all_answered() {
+    let sts = LocalSts::start_on("127.0.0.1:0").await;
+    let app = spawn_app_with(AppSpec {
+        sts: Some(sdk_config_for(
+            sts.url(),
+            Credentials::new("t", "t", None, None, "t"),
+        )),
+        ..Default::default()
+    })
+    .await;
+    let (token, _) = app.token(json!({}));
+    let callers = (0..MAX_CONNECTIONS + 44).map(|_| {
+        // One client per caller: its own keep-alive connection, reopened when the broker closes it.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()
+            .expect("client");
+        let (address, token) = (app.address.clone(), token.clone());
+        async move {
+            let mut answers = Vec::new();
+            for _ in 0..3 {
+                let response = local_issuer::requests::credentials(
+                    &client,
+                    &address,
+                    &token,
+                    "role=read-only",
+                )
+                .await;
+                let closed = response
+                    .headers()
+                    .get("connection")
+                    .is_some_and(|v| v == "close");
+                answers.push((response.status().as_u16(), closed));
+            }
+            answers
+        }
+    });
+    let answers: Vec<_> = join_all(callers).await.into_iter().flatten().collect();
+    assert_eq!(answers.len(), (MAX_CONNECTIONS + 44) * 3);
+    assert!(answers.iter().all(|(status, _)| *status == 200));
+    assert!(
+        answers.iter().any(|(_, closed)| *closed),
+        "with every slot taken, answers close their connection"
+    );
+}
