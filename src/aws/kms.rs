@@ -71,7 +71,7 @@ impl Kms {
     /// An adapter for `active` (which signs) and `retired` (published only).
     pub fn new(config: &aws_config::SdkConfig, active: String, retired: Vec<String>) -> Self {
         Self {
-            client: aws_sdk_kms::Client::new(config),
+            client: aws_sdk_kms::Client::new(&super::client_config(config)),
             active,
             retired,
             keys: OnceCell::new(),

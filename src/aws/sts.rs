@@ -65,7 +65,7 @@ impl Sts {
     /// An adapter around an SDK client built from `config`.
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         Self {
-            client: aws_sdk_sts::Client::new(config),
+            client: aws_sdk_sts::Client::new(&super::client_config(config)),
             credentials: config.credentials_provider(),
             chaining: Arc::default(),
         }

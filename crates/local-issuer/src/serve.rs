@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -13,6 +14,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What a stand-in answers.
 pub(crate) trait Handler: Send + Sync + 'static {
@@ -25,6 +27,13 @@ pub(crate) trait Handler: Send + Sync + 'static {
     /// Whether to drop a new connection unanswered, as a crashed peer would. Default: never.
     fn drops_connection(&self) -> bool {
         false
+    }
+
+    /// Bytes to answer a new connection's request with by hand, after which the connection
+    /// stalls (nothing more sent, nothing closed) until the client closes it or a minute
+    /// passes, as a peer that hung mid-answer would. Default: none.
+    fn stalled_answer(&self) -> Option<Vec<u8>> {
+        None
     }
 }
 
@@ -47,6 +56,18 @@ async fn serve<H: Handler>(listener: tokio::net::TcpListener, handler: Arc<H>) {
         if handler.drops_connection() {
             // Linger zero: closing sends a TCP reset, as a crashed or overloaded peer would.
             let _ = stream.set_zero_linger();
+            continue;
+        }
+        if let Some(answer) = handler.stalled_answer() {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let mut request = vec![0; 64 * 1024];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(&answer).await;
+                // Until the client gives up and closes (or a minute passes).
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(60), stream.read(&mut request)).await;
+            });
             continue;
         }
         let handler = handler.clone();

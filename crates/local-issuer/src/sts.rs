@@ -30,6 +30,8 @@ pub enum StsMode {
     Reset = 4,
     /// A 200 whose session token holds shell syntax: a broken or hostile upstream.
     MalformedCredentials = 5,
+    /// On a new connection: a 200 with half its body, then nothing (a peer hung mid-answer).
+    StalledBody = 6,
 }
 
 struct Shared {
@@ -93,6 +95,19 @@ impl Handler for Shared {
             self.calls.fetch_add(1, Ordering::SeqCst);
         }
         reset
+    }
+
+    fn stalled_answer(&self) -> Option<Vec<u8>> {
+        if self.mode.load(Ordering::SeqCst) != StsMode::StalledBody as u8 {
+            return None;
+        }
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let half = &ASSUME_ROLE_OK[..ASSUME_ROLE_OK.len() / 2];
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n",
+            ASSUME_ROLE_OK.len()
+        );
+        Some([head.as_bytes(), half.as_bytes()].concat())
     }
 }
 
