@@ -27,6 +27,14 @@ impl KeyAlgorithm {
             Self::Es256 => "ES256",
         }
     }
+
+    /// The same algorithm as jsonwebtoken names it.
+    pub fn jwt(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Self::Rs256 => jsonwebtoken::Algorithm::RS256,
+            Self::Es256 => jsonwebtoken::Algorithm::ES256,
+        }
+    }
 }
 
 /// A DER element: tag and contents, plus what follows it.

@@ -12,10 +12,12 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::Jwk;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 use super::jwk::{KeyAlgorithm, ecdsa_der_to_jose, spki_to_jwk, thumbprint};
+use crate::oidc::key::VerifyingKey;
 use crate::secret::Secret;
 
 /// A KMS failure, by error code only (KMS messages name key ARNs).
@@ -49,6 +51,8 @@ pub struct PublicKey {
     pub kid: String,
     /// The public JWK with `kid`, `alg` and `use`.
     pub jwk: Value,
+    /// The JWK parsed as relying parties will use it, to check each signature before it leaves.
+    verifier: Arc<VerifyingKey>,
 }
 
 /// The active key and every key to publish (active first, then retired ones).
@@ -116,11 +120,19 @@ impl Kms {
         jwk["kid"] = Value::String(kid.clone());
         jwk["alg"] = Value::String(algorithm.jws().into());
         jwk["use"] = Value::String("sig".into());
+        let verifier = serde_json::from_value::<Jwk>(jwk.clone())
+            .ok()
+            .and_then(|parsed| VerifyingKey::from_jwk(&parsed, &[algorithm.jwt()]))
+            .ok_or_else(|| {
+                tracing::warn!("the KMS public key cannot verify signatures");
+                refused("UnsupportedPublicKey")
+            })?;
         Ok(PublicKey {
             key_id: key_id.to_owned(),
             algorithm,
             kid,
             jwk,
+            verifier: Arc::new(verifier),
         })
     }
 
@@ -132,11 +144,22 @@ impl Kms {
         let key = &keys.active;
         let header = json!({"alg": key.algorithm.jws(), "typ": "JWT", "kid": key.kid});
         let input = format!("{}.{}", base64url_json(&header), base64url_json(claims));
-        let signature = self.sign(key, input.as_bytes()).await?;
-        Ok(Secret::new(format!(
-            "{input}.{}",
-            URL_SAFE_NO_PAD.encode(signature)
-        )))
+        let signature = URL_SAFE_NO_PAD.encode(self.sign(key, input.as_bytes()).await?);
+        // A token that does not verify against the published key must not be issued: KMS
+        // signing with another key than the one fetched at start (an alias moved since) or an
+        // answer mangled on the way would otherwise go out as a token nobody can verify.
+        if key
+            .verifier
+            .verify(key.algorithm.jwt(), input.as_bytes(), &signature)
+            .is_err()
+        {
+            tracing::error!(
+                kid = %key.kid,
+                "KMS's signature does not verify with the published key; no token issued"
+            );
+            return Err(refused("SignatureMismatch"));
+        }
+        Ok(Secret::new(format!("{input}.{signature}")))
     }
 
     /// Signs a JWS signing input (`header.payload`) with `key` and returns the JWS signature.

@@ -20,6 +20,16 @@ pub struct VerifyingKey {
     parsed: Vec<(Algorithm, Option<ParsedPublicKey>)>,
 }
 
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algorithms: Vec<_> = self.parsed.iter().map(|(alg, _)| alg).collect();
+        f.debug_struct("VerifyingKey")
+            .field("family", &self.family)
+            .field("algorithms", &algorithms)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
     Rsa,

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sts::config::Credentials;
 use base64::Engine;
+use local_issuer::kms::{KeySpec, LocalKms};
 use local_issuer::sts::{LocalSts, StsMode};
 use serde_json::{Value, json};
-use token_broker::config::Settings;
 
 use crate::helpers::*;
 
@@ -754,16 +754,11 @@ async fn the_aws_cli_uses_the_readme_profile() {
 /// script exits non-zero before `aws`, showing the broker's error, after one request.
 #[tokio::test]
 async fn the_token_exchange_example_stops_before_aws_when_refused() {
-    let key = moto::kms_key(aws_sdk_kms::types::KeySpec::Rsa2048).await;
-    let settings = Settings {
-        kms_key_id: Some(key),
-        ..Settings::default()
-    };
-    let app = spawn_app_with(AppSpec {
-        settings,
-        ..Default::default()
-    })
-    .await;
+    // The KMS stand-in, not moto: moto hashes the digest the broker sends again, so its
+    // signatures do not verify and the broker would refuse to issue them.
+    let kms = LocalKms::start().await;
+    let key = kms.create_key(KeySpec::Rsa2048);
+    let app = spawn_app_with(signing_with(&kms, &key, &[])).await;
     let script = readme_block("sh", "/v1/token");
     let (token, _) = allowed_token(&app);
     let run = Run::job(&script, &app.address, &token).with_trailing_slash();

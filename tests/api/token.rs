@@ -588,3 +588,27 @@ async fn a_moto_kms_key_is_published_as_a_jwk_that_verifies_motos_signatures() {
     assert!(verify(message));
     assert!(!verify(b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJldmUifQ"));
 }
+
+#[tokio::test]
+async fn a_signature_that_does_not_verify_with_the_published_key_is_never_issued() {
+    // The alias the broker signs with is moved to another key after the broker fetched (and
+    // published) the public key: KMS now signs tokens that no relying party could verify.
+    for spec in [KeySpec::Rsa2048, KeySpec::EccNistP256] {
+        let kms = LocalKms::start().await;
+        let (first, second) = (kms.create_key(spec), kms.create_key(spec));
+        kms.set_alias("alias/token-broker", &first);
+        let app = spawn_app_with(signing_with(&kms, "alias/token-broker", &[])).await;
+        let (token, _) = app.token(json!({}));
+        let response = app.exchange(&token, "sts.amazonaws.com").await;
+        assert_eq!(response.status(), 200, "{spec:?}");
+        kms.set_alias("alias/token-broker", &second);
+        let (token, _) = app.token(json!({}));
+        let response = app.exchange(&token, "sts.amazonaws.com").await;
+        assert!(response.headers().get("retry-after").is_none(), "{spec:?}");
+        let body = app
+            .assert_error(response, 500, "server_error", "SignatureMismatch")
+            .await;
+        assert!(body.get("access_token").is_none(), "{spec:?}: {body}");
+        assert_eq!(kms.sign_requests().len(), 2, "{spec:?}: KMS signed twice");
+    }
+}

@@ -23,20 +23,23 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts a broker on a free port with [`POLICY`] and `settings`, its STS and KMS calls going
-    /// where `sdk` says, with the binary's timeouts. Installs no log subscriber: the test has.
-    pub async fn start(settings: Settings, sdk: SdkConfig) -> Self {
+    /// Starts a broker on a free port with [`POLICY`] and `settings`, its STS calls going where
+    /// `sts` says and its KMS calls where `kms` does, with the binary's timeouts. Installs no log
+    /// subscriber: the test has.
+    pub async fn start(settings: Settings, sts: SdkConfig, kms: SdkConfig) -> Self {
         let issuer = LocalIssuer::start().await;
         let dir = tempfile::tempdir().unwrap();
         let settings = Settings {
             policy: Some(write_policy(dir.path(), POLICY, issuer.url())),
             ..settings
         };
-        let sdk = sdk
-            .to_builder()
-            .timeout_config(token_broker::aws::timeouts())
-            .build();
-        let state: Arc<_> = startup::build(&settings, &sdk, &sdk, Default::default())
+        let with_timeouts = |sdk: SdkConfig| {
+            sdk.to_builder()
+                .timeout_config(token_broker::aws::timeouts())
+                .build()
+        };
+        let (sts, kms) = (with_timeouts(sts), with_timeouts(kms));
+        let state: Arc<_> = startup::build(&settings, &sts, &kms, Default::default())
             .await
             .unwrap();
         let listener = token_broker::serve::bind(([127, 0, 0, 1], 0).into()).unwrap();
@@ -56,7 +59,8 @@ impl Broker {
 
     /// A broker with default settings and moto for AWS.
     pub async fn start_default() -> Self {
-        Self::start(Settings::default(), local_issuer::moto::sdk_config()).await
+        let moto = local_issuer::moto::sdk_config();
+        Self::start(Settings::default(), moto.clone(), moto).await
     }
 
     /// The policy file this broker loaded.

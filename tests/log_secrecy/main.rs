@@ -17,6 +17,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use broker::Broker;
+use local_issuer::kms::{KeySpec, LocalKms};
 use local_issuer::{forge, moto, urn};
 use serde_json::{Value, json};
 use token_broker::config::Settings;
@@ -164,7 +165,8 @@ fn forged_token(app: &Broker) -> String {
 async fn no_token_or_credential_reaches_the_logs_in_either_format_even_at_trace_level() {
     let logs = captured_logs();
     tracing::trace!(target: "log_secrecy", "trace events of other targets are captured");
-    let app = app_with_its_own_credentials().await;
+    let kms = LocalKms::start().await;
+    let app = app_with_its_own_credentials(&kms).await;
     let mut secrets = broker_secrets();
     let mut request_ids = credentials_exchanges(&app, &mut secrets).await;
     request_ids.extend(token_exchanges(&app, &mut secrets).await);
@@ -186,16 +188,17 @@ async fn no_token_or_credential_reaches_the_logs_in_either_format_even_at_trace_
 }
 
 /// A broker with a KMS key, whose AWS SDK holds session credentials of its own, as in Lambda.
-async fn app_with_its_own_credentials() -> Broker {
-    let key = moto::kms_key(aws_sdk_kms::types::KeySpec::Rsa2048).await;
+/// KMS is the stand-in: moto hashes the digest the broker sends again, so its signatures do not
+/// verify and the broker would issue no token.
+async fn app_with_its_own_credentials(kms: &LocalKms) -> Broker {
     let settings = Settings {
-        kms_key_id: Some(key),
+        kms_key_id: Some(kms.create_key(KeySpec::Rsa2048)),
         ..Settings::default()
     };
     let (id, secret, session) = broker_credentials();
     let own = aws_sdk_sts::config::Credentials::new(id, secret, Some(session.into()), None, "t");
-    let sdk = moto::sdk_config_with(own);
-    Broker::start(settings, sdk).await
+    let kms = moto::sdk_config_for(kms.url(), own.clone());
+    Broker::start(settings, moto::sdk_config_with(own), kms).await
 }
 
 /// Credentials as JSON and as env lines, a denial and a forged token; returns the request ids.
@@ -409,7 +412,14 @@ impl Drop for Function {
     }
 }
 
-fn lambda_function(runtime: &RuntimeApi, policy: &std::path::Path, key: &str) -> Command {
+/// The function binary under the runtime API stand-in; STS at moto, KMS at `kms` (the stand-in:
+/// moto's signatures over a digest do not verify) signing with `key`.
+fn lambda_function(
+    runtime: &RuntimeApi,
+    policy: &std::path::Path,
+    kms: &LocalKms,
+    key: &str,
+) -> Command {
     let (id, secret, session) = broker_credentials();
     let mut command = Command::new(env!("CARGO_BIN_EXE_token-broker"));
     command
@@ -421,6 +431,7 @@ fn lambda_function(runtime: &RuntimeApi, policy: &std::path::Path, key: &str) ->
         .env("TOKEN_BROKER_POLICY", policy)
         .env("KMS_KEY_ID", key)
         .env("AWS_ENDPOINT_URL", moto::endpoint())
+        .env("AWS_ENDPOINT_URL_KMS", kms.url())
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", id)
         .env("AWS_SECRET_ACCESS_KEY", secret)
@@ -436,12 +447,13 @@ fn lambda_function(runtime: &RuntimeApi, policy: &std::path::Path, key: &str) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lambda_function_at_trace_level_logs_no_token_or_credential() {
     captured_logs();
-    let key = moto::kms_key(aws_sdk_kms::types::KeySpec::Rsa2048).await;
+    let kms = LocalKms::start().await;
+    let key = kms.create_key(KeySpec::Rsa2048);
     // This app only provides the issuer and a policy file naming it; the binary is the broker.
     let app = Broker::start_default().await;
     let mut runtime = RuntimeApi::start().await;
     let mut function = Function(
-        lambda_function(&runtime, &app.policy_path(), &key)
+        lambda_function(&runtime, &app.policy_path(), &kms, &key)
             .spawn()
             .unwrap(),
     );
@@ -560,7 +572,7 @@ async fn an_env_request_that_fails_is_audited_as_an_error() {
     sts.set_mode(local_issuer::sts::StsMode::ServerError);
     let t = aws_sdk_sts::config::Credentials::new("t", "t", None, None, "t");
     let sdk = moto::sdk_config_for(sts.url(), t);
-    let app = Broker::start(Settings::default(), sdk).await;
+    let app = Broker::start(Settings::default(), sdk.clone(), sdk).await;
     let token = app.token(json!({}));
     let response = app.credentials(&token, "role=read-only&format=env").await;
     assert_eq!(response.status(), 503);

@@ -99,6 +99,14 @@ impl LocalKms {
         id
     }
 
+    /// Points `alias` (`alias/…`) at key `target`, creating or moving it, as KMS's `CreateAlias`
+    /// and `UpdateAlias` do: from then on `Sign` and `GetPublicKey` for the alias use `target`.
+    pub fn set_alias(&self, alias: &str, target: &str) {
+        let mut keys = self.shared.keys.write().expect("keys lock");
+        let key = keys.get(target).expect("an existing key").clone();
+        keys.insert(alias.to_owned(), key);
+    }
+
     /// Changes how it answers from now on.
     pub fn set_mode(&self, mode: KmsMode) {
         *self.shared.mode.write().expect("mode lock") = mode;
