@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::decode_header;
 use serde_json::Value;
 
-pub use jwks::{JwksCache, JwksSettings, KeyError};
+pub use jwks::{CachedKey, JwksCache, JwksSettings, KeyError};
 
 use crate::policy::{Policy, REQUIRED_CI_CLAIMS};
 use crate::{Claims, secret::Secret};
@@ -68,6 +68,18 @@ pub struct VerifiedToken {
     pub raw: serde_json::Map<String, Value>,
 }
 
+/// A token that passed [`Verifier::inspect`]: well-formed, from a trusted issuer, with a pinned
+/// algorithm and a `kid`. Nothing about it is verified yet.
+pub struct Unverified<'a> {
+    token: &'a str,
+    algorithm: jsonwebtoken::Algorithm,
+    /// The key id the header names.
+    pub kid: String,
+    /// The trusted issuer's URL, as the policy spells it (the token's `iss`).
+    pub issuer: &'a str,
+    payload: token::Payload,
+}
+
 /// Verifies tokens against the policy's issuers and audience.
 pub struct Verifier {
     policy: Arc<Policy>,
@@ -98,10 +110,19 @@ impl Verifier {
         self.keys.prefetch().await;
     }
 
-    /// Verifies `token` and returns its claims.
+    /// Verifies `token` and returns its claims: [`Self::inspect`], the issuer's key for its
+    /// `kid` (from the cache, or fetched from the policy's `jwks_url`), [`Self::verify_with`].
     #[tracing::instrument(skip_all)]
     pub async fn verify(&self, token: &Secret) -> Result<VerifiedToken, VerifyError> {
-        let token = token.expose();
+        let unverified = self.inspect(token.expose())?;
+        let key = self.keys.key(unverified.issuer, &unverified.kid).await?;
+        self.verify_with(unverified, &key)
+    }
+
+    /// The checks before a key is needed: the token's shape and header, a payload that parses,
+    /// a trusted issuer, one of its pinned algorithms, no `crit`, a `kid`. Public, with
+    /// [`Self::verify_with`], so that the fuzz target runs the very path `verify` runs.
+    pub fn inspect<'a>(&'a self, token: &'a str) -> Result<Unverified<'a>, VerifyError> {
         token::check_shape(token).map_err(VerifyError::Malformed)?;
         token::check_header(token).map_err(VerifyError::Malformed)?;
         let header = decode_header(token)
@@ -124,28 +145,49 @@ impl Verifier {
         }
         let kid = header
             .kid
-            .as_deref()
             .filter(|k| !k.is_empty() && k.len() <= token::MAX_KID_CHARS)
             .ok_or(VerifyError::NoKid)?;
-        let key = self.keys.key(&issuer.url, kid).await?;
+        Ok(Unverified {
+            token,
+            algorithm: header.alg,
+            kid,
+            issuer: &issuer.url,
+            payload,
+        })
+    }
+
+    /// The rest of [`Self::verify`], given `key`, the issuer's key for the token's `kid`: the
+    /// key's own `alg`, the signature, then the claims.
+    pub fn verify_with(
+        &self,
+        unverified: Unverified<'_>,
+        key: &CachedKey,
+    ) -> Result<VerifiedToken, VerifyError> {
+        let Unverified {
+            token,
+            algorithm,
+            issuer,
+            payload,
+            ..
+        } = unverified;
         // A JWK that names its `alg` is bound to it (RFC 7517 §4.4): an RS256 key must not verify
         // a PS256 token just because both are pinned for the issuer.
-        if key.algorithm.is_some_and(|alg| alg != header.alg) {
+        if key.algorithm.is_some_and(|alg| alg != algorithm) {
             return Err(VerifyError::Algorithm);
         }
         let (signing_input, signature) = token.rsplit_once('.').ok_or(VerifyError::Signature)?;
         key.key
-            .verify(header.alg, signing_input.as_bytes(), signature)?;
+            .verify(algorithm, signing_input.as_bytes(), signature)?;
         let claims = payload.into_claims().ok_or(VerifyError::Malformed(
             "the token payload is not a JSON object without duplicate claims",
         ))?;
         registered::check(
             &claims,
-            &issuer.url,
+            issuer,
             &self.policy.audience,
             self.leeway.as_secs(),
         )?;
-        self.check_claims(&issuer.url, claims)
+        self.check_claims(issuer, claims)
     }
 
     /// Checks beyond the registered ones: types of `iss`, `exp` and `nbf`, `iat`, and CI claims.
