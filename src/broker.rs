@@ -527,7 +527,8 @@ fn audit_rejected(request_id: &str, target: Target<'_>, error: &VerifyError) {
         request_id,
         role,
         audience,
-        outcome = if error.is_retryable() { "unavailable" } else { "invalid_token" },
+        // The metric's names: a token the broker could not check (no keys) is its failure.
+        outcome = if error.is_retryable() { "error" } else { "invalid_token" },
         reason = %error,
         "token rejected"
     );

@@ -27,7 +27,16 @@ impl Broker {
     /// `sts` says and its KMS calls where `kms` does, with the binary's timeouts. Installs no log
     /// subscriber: the test has.
     pub async fn start(settings: Settings, sts: SdkConfig, kms: SdkConfig) -> Self {
-        let issuer = LocalIssuer::start().await;
+        Self::start_with(LocalIssuer::start().await, settings, sts, kms).await
+    }
+
+    /// [`Self::start`] with `issuer` as the GitLab the policy trusts.
+    pub async fn start_with(
+        issuer: LocalIssuer,
+        settings: Settings,
+        sts: SdkConfig,
+        kms: SdkConfig,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let settings = Settings {
             policy: Some(write_policy(dir.path(), POLICY, issuer.url())),

@@ -520,7 +520,8 @@ fn token_exchange_event(request_id: &str, token: &str) -> Value {
     function_url_event(request_id, "/v1/token", "", headers, Some(form))
 }
 
-/// The audit line of `request_id` in each format.
+/// The audit line of `request_id` in each format: its `decision`, or `token rejected` when the
+/// token failed before any decision.
 fn audit_lines(request_id: &str) -> Vec<(&'static str, String)> {
     captured_logs()
         .iter()
@@ -528,7 +529,10 @@ fn audit_lines(request_id: &str) -> Vec<(&'static str, String)> {
             let text = capture.text();
             let line = text
                 .lines()
-                .find(|line| line.contains(request_id) && line.contains("decision"))
+                .find(|line| {
+                    line.contains(request_id)
+                        && (line.contains("decision") || line.contains("token rejected"))
+                })
                 .unwrap_or_else(|| panic!("{format}: no audit line for {request_id}"))
                 .to_owned();
             (*format, line)
@@ -596,4 +600,24 @@ fn without_colours(text: &str) -> String {
         }
     }
     plain
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_cannot_be_checked_for_want_of_keys_is_audited_as_an_error() {
+    // The same `outcome` as the `Decisions{Outcome=error}` metric line of that request.
+    captured_logs();
+    let issuer = local_issuer::LocalIssuer::start().await;
+    issuer.set_mode(local_issuer::Mode::Down);
+    let moto = moto::sdk_config();
+    let app = Broker::start_with(issuer, Settings::default(), moto.clone(), moto).await;
+    let token = app.token(json!({}));
+    let response = app.credentials(&token, "role=read-only").await;
+    assert_eq!(response.status(), 503);
+    for (format, line) in audit_lines(&request_id(&response)) {
+        let outcome = match format {
+            "JSON" => r#""outcome":"error""#,
+            _ => "outcome=\"error\"",
+        };
+        assert!(without_colours(&line).contains(outcome), "{format}: {line}");
+    }
 }
