@@ -67,7 +67,9 @@ pub(crate) fn failure<E: ProvideErrorMetadata>(
         .is_some_and(|response| response.status().is_server_error());
     let (code, retryable) = match error {
         SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or("Unknown");
+            // No code: the answer was not the service's error document (a proxy's page, or a
+            // 200 whose body is not the service's), which is what `BadResponse` means below.
+            let code = service.err().code().unwrap_or("BadResponse");
             (code.to_owned(), transient.contains(&code))
         }
         SdkError::TimeoutError(_) => ("Timeout".to_owned(), true),

@@ -108,26 +108,38 @@ async fn sts_faults_end_in_bounded_503s_and_leave_no_task_behind() {
 }
 
 #[tokio::test]
-async fn credentials_sts_sends_with_shell_syntax_are_refused_in_every_format() {
+async fn sts_answers_that_hold_no_usable_credentials_are_refused_in_every_format() {
     let sts = LocalSts::start_on("127.0.0.1:0").await;
-    sts.set_mode(StsMode::MalformedCredentials);
     let app = spawn_app_with(AppSpec {
         sts: Some(stand_in_sdk(&sts)),
         ..Default::default()
     })
     .await;
     let (token, _) = app.token(json!({}));
-    for format in ["json", "env"] {
-        let response = app
-            .credentials(&token, &format!("role=read-only&format={format}"))
-            .await;
-        assert!(response.headers().get("retry-after").is_none(), "{format}");
-        let body = app
-            .assert_error(response, 502, "server_error", "MalformedCredentials")
-            .await;
-        assert!(!body.to_string().contains("FwoG"), "{format}: {body}");
+    for (mode, code) in [
+        (StsMode::MalformedCredentials, "MalformedCredentials"),
+        (StsMode::NoCredentials, "MalformedCredentials"),
+        (StsMode::Garbage, "BadResponse"),
+    ] {
+        sts.set_mode(mode);
+        let calls = sts.calls();
+        for format in ["json", "env"] {
+            let response = app
+                .credentials(&token, &format!("role=read-only&format={format}"))
+                .await;
+            assert!(
+                response.headers().get("retry-after").is_none(),
+                "{mode:?} {format}"
+            );
+            let body = app.assert_error(response, 502, "server_error", code).await;
+            assert!(
+                !body.to_string().contains("FwoG"),
+                "{mode:?} {format}: {body}"
+            );
+        }
+        // Not retried: the same answer would come back.
+        assert_eq!(sts.calls(), calls + 2, "{mode:?}");
     }
-    assert_eq!(sts.calls(), 2);
 }
 
 #[tokio::test]

@@ -32,6 +32,10 @@ pub enum StsMode {
     MalformedCredentials = 5,
     /// On a new connection: a 200 with half its body, then nothing (a peer hung mid-answer).
     StalledBody = 6,
+    /// A 200 whose body is not STS's XML (a proxy's HTML page).
+    Garbage = 7,
+    /// A 200 AssumeRole answer without its `Credentials` element.
+    NoCredentials = 8,
 }
 
 struct Shared {
@@ -130,6 +134,15 @@ async fn answer(shared: &Shared) -> Response<Full<Bytes>> {
                 "FwoG'\"$(touch /tmp/pwned)\"",
             ),
         ),
+        7 => (StatusCode::OK, "<html>not STS</html>".to_owned()),
+        8 => {
+            let start = ASSUME_ROLE_OK.find("<Credentials>").expect("credentials");
+            let end = ASSUME_ROLE_OK.find("</Credentials>").expect("credentials") + 14;
+            (
+                StatusCode::OK,
+                format!("{}{}", &ASSUME_ROLE_OK[..start], &ASSUME_ROLE_OK[end..]),
+            )
+        }
         _ => (StatusCode::OK, ASSUME_ROLE_OK.to_owned()),
     };
     serve::response(status, "text/xml", body)
