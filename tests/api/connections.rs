@@ -1,7 +1,6 @@
 //! `serve` with more callers than it holds connections for: the rest wait in the accept queue,
 //! keep-alive callers give their slot up while others wait, and every request is answered.
 
-use aws_sdk_sts::config::Credentials;
 use futures_util::future::join_all;
 use local_issuer::sts::LocalSts;
 use serde_json::json;
@@ -12,14 +11,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn more_keep_alive_callers_than_connection_slots_are_all_answered() {
     let sts = LocalSts::start_on("127.0.0.1:0").await;
-    let app = spawn_app_with(AppSpec {
-        sts: Some(sdk_config_for(
-            sts.url(),
-            Credentials::new("t", "t", None, None, "t"),
-        )),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with(sts_at(sts.url())).await;
     let (token, _) = app.token(json!({}));
     let callers = (0..MAX_CONNECTIONS + 44).map(|_| {
         // One client per caller: its own keep-alive connection, reopened when the broker closes it.

@@ -105,14 +105,7 @@ async fn a_genuine_token_with_an_unusable_login_gets_a_source_identity_from_its_
 async fn a_failed_env_request_carries_its_request_id_like_every_other_error() {
     let sts = LocalSts::start_on("127.0.0.1:0").await;
     sts.set_mode(StsMode::ServerError);
-    let app = spawn_app_with(AppSpec {
-        sts: Some(sdk_config_for(
-            sts.url(),
-            Credentials::new("t", "t", None, None, "t"),
-        )),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with(sts_at(sts.url())).await;
     let (token, _) = app.token(json!({}));
     let response = app.credentials(&token, "role=read-only&format=env").await;
     app.assert_error(response, 503, "temporarily_unavailable", "STS")

@@ -49,6 +49,18 @@ impl Default for AppSpec {
     }
 }
 
+/// The default spec with STS at `url` (a stand-in from local-issuer, or a dead port) instead of
+/// moto.
+pub fn sts_at(url: &str) -> AppSpec {
+    AppSpec {
+        sts: Some(sdk_config_for(
+            url,
+            Credentials::new("t", "t", None, None, "tests"),
+        )),
+        ..AppSpec::default()
+    }
+}
+
 /// A spec whose KMS is the local stand-in `kms`, signing with `active` and publishing `retired`
 /// too. moto cannot stand in for signing: it ignores `MessageType: DIGEST`, which the broker
 /// sends, and hashes the digest again.

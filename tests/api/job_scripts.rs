@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sts::config::Credentials;
 use base64::Engine;
 use local_issuer::kms::{KeySpec, LocalKms};
 use local_issuer::sts::{LocalSts, StsMode};
@@ -624,12 +623,7 @@ async fn the_gitlab_jobs_retry_a_503_and_then_succeed() {
 async fn the_readme_job_gives_up_after_three_retries_and_fails_closed() {
     let sts = LocalSts::start_on("127.0.0.1:0").await;
     sts.set_mode(StsMode::Throttling);
-    let sdk = sdk_config_for(sts.url(), Credentials::new("t", "t", None, None, "tests"));
-    let app = spawn_app_with(AppSpec {
-        sts: Some(sdk),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with(sts_at(sts.url())).await;
     let (job, script) = credential_jobs().remove(0);
     let (token, _) = allowed_token(&app);
     for outcome in Run::job(&script, &app.address, &token)

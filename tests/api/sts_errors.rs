@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use aws_sdk_sts::config::Credentials;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
@@ -49,15 +48,7 @@ async fn failing_sts(status: u16, code: &'static str) -> (String, Arc<AtomicUsiz
 
 async fn app_with_sts(status: u16, code: &'static str) -> (TestApp, Arc<AtomicUsize>) {
     let (url, calls) = failing_sts(status, code).await;
-    let sdk = sdk_config_for(
-        &url,
-        Credentials::new("testing", "testing", None, None, "tests"),
-    );
-    let app = spawn_app_with(AppSpec {
-        sts: Some(sdk),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with(sts_at(&url)).await;
     (app, calls)
 }
 
@@ -99,15 +90,7 @@ async fn sts_throttling_and_server_errors_are_retryable_503s() {
 async fn an_unreachable_sts_is_a_503() {
     // Port 1 (tcpmux) is privileged and never served here: a port picked free and released
     // again can be taken by another test's server before STS is called.
-    let sdk = sdk_config_for(
-        "http://127.0.0.1:1",
-        Credentials::new("t", "t", None, None, "tests"),
-    );
-    let app = spawn_app_with(AppSpec {
-        sts: Some(sdk),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with(sts_at("http://127.0.0.1:1")).await;
     let (token, _) = app.token(json!({}));
     let response = app.credentials(&token, "role=read-only").await;
     app.assert_error(
