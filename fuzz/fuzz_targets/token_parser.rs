@@ -1,80 +1,95 @@
-//! The parts of a GitLab ID token read before and during verification: the compact form's shape,
-//! duplicate header members, the unverified `iss`, jsonwebtoken's header parser, the
-//! duplicate-refusing claims object, and `jsonwebtoken::decode` with the validation the broker
-//! uses, against a fixed RSA key generated once per process. Contract: never panic, and a token
-//! that decodes carries the expected `iss`, `aud` and `exp`.
+//! A GitLab ID token through the broker's own verification: `Verifier::inspect` (shape, header,
+//! payload, trusted issuer, pinned algorithm, `crit`, `kid`) and `Verifier::verify_with` (the
+//! key's `alg`, the signature with aws-lc-rs, the claims, registered and CI) against a fixed RSA
+//! key generated once per process, the two halves `Verifier::verify` runs around the key fetch.
+//! Also the duplicate-refusing claims object and the unverified `iss` on every part. Contract:
+//! never panic, and a token that verifies carries the expected `iss`, `aud`, `exp` and CI claims.
 //!
 //! Input: a compact token (`header.payload.signature`), or, when it starts with `{`, a header
 //! JSON and a claims JSON separated by the first newline, which the target encodes itself. Every
-//! token that passes the checks the broker makes before `decode` is also re-signed with the fixed
-//! key, so its claims reach jsonwebtoken's claim validation.
+//! token that passes `inspect` is also re-signed with the fixed key, so its claims reach the
+//! claim checks.
 
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
 use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
-use token_broker::oidc::token::{self, MAX_KID_CHARS, UniqueObject};
+use token_broker::oidc::key::VerifyingKey;
+use token_broker::oidc::token::{self, UniqueObject};
+use token_broker::oidc::{CachedKey, Verifier};
+use token_broker::policy;
 
 const ISSUER: &str = "https://gitlab.example.com";
 const AUDIENCE: &str = "https://token-broker.example.com";
+const POLICY: &str = r#"
+audience = "https://token-broker.example.com"
+[[issuer]]
+url = "https://gitlab.example.com"
+[role.fuzz]
+arn = "arn:aws:iam::123456789012:role/fuzz"
+[[role.fuzz.allow]]
+project_id = "1"
+"#;
 
-struct Key {
+struct Fixture {
     pair: KeyPair,
-    decoding: DecodingKey,
+    key: CachedKey,
+    verifier: Verifier,
 }
 
-/// One RSA-2048 key per process, turned into a `DecodingKey` from its JWK as the broker does.
-fn key() -> &'static Key {
-    static KEY: OnceLock<Key> = OnceLock::new();
-    KEY.get_or_init(|| {
+/// One RSA-2048 key per process, published as a JWK and parsed as the JWKS cache parses it, and
+/// a verifier for a policy trusting [`ISSUER`] (the key is handed to it, never fetched).
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
         let pair = KeyPair::generate(KeySize::Rsa2048).expect("RSA key generation");
         let components = PublicKeyComponents::<Vec<u8>>::from(pair.public_key());
         let jwk: Jwk = serde_json::from_value(json!({
             "kty": "RSA",
             "kid": "fuzz",
             "use": "sig",
-            "alg": "RS256",
             "n": URL_SAFE_NO_PAD.encode(&components.n),
             "e": URL_SAFE_NO_PAD.encode(&components.e),
         }))
         .expect("a JWK");
-        let decoding = DecodingKey::from_jwk(&jwk).expect("an RSA decoding key");
-        Key { pair, decoding }
+        let key = CachedKey {
+            key: Arc::new(VerifyingKey::from_jwk(&jwk, &[Algorithm::RS256]).expect("a key")),
+            algorithm: None,
+        };
+        let policy = policy::parse(std::path::Path::new("fuzz.toml"), POLICY, &|_| {
+            Err("none".into())
+        })
+        .expect("the fuzz policy");
+        let verifier = Verifier::new(policy, Duration::from_secs(60), Default::default());
+        Fixture {
+            pair,
+            key,
+            verifier,
+        }
     })
 }
 
 fn sign(input: &str) -> String {
-    let key = key();
-    let mut signature = vec![0; key.pair.public_modulus_len()];
-    key.pair
-        .sign(
-            &RSA_PKCS1_SHA256,
-            &SystemRandom::new(),
-            input.as_bytes(),
-            &mut signature,
-        )
-        .expect("RSA signing");
+    let pair = &fixture().pair;
+    let mut signature = vec![0; pair.public_modulus_len()];
+    pair.sign(
+        &RSA_PKCS1_SHA256,
+        &SystemRandom::new(),
+        input.as_bytes(),
+        &mut signature,
+    )
+    .expect("RSA signing");
     URL_SAFE_NO_PAD.encode(signature)
-}
-
-/// `Verifier::validation` with a fixed issuer and audience.
-fn validation() -> Validation {
-    let mut validation = Validation::new(Algorithm::RS256);
-    validation.leeway = 60;
-    validation.set_issuer(&[ISSUER]);
-    validation.set_audience(&[AUDIENCE]);
-    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-    validation.validate_nbf = true;
-    validation
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -97,29 +112,14 @@ fuzz_target!(|data: &[u8]| {
 
 fn check(token: &str) {
     for part in token.split('.') {
-        if let Ok(bytes) = URL_SAFE_NO_PAD.decode(part) {
+        if let Ok(bytes) = token::decode_part(part) {
             let _ = serde_json::from_slice::<UniqueObject>(&bytes);
         }
     }
-    let shape = token::check_shape(token);
-    let header_ok = token::check_header(token).is_ok();
-    let header = decode_header(token);
-    let issuer = token::unverified_issuer(token);
-    if shape.is_err() {
-        return;
-    }
+    let _ = token::unverified_issuer(token);
     // The signature is the fuzzer's, so this nearly always fails; it must fail cleanly.
     verify(token);
-    // What `Verifier::verify` checks before it calls `decode` (the issuer aside: any is tried).
-    let Ok(header) = header else { return };
-    let kid_ok = header
-        .kid
-        .as_deref()
-        .is_some_and(|k| !k.is_empty() && k.len() <= MAX_KID_CHARS);
-    if !header_ok || issuer.is_err() || header.alg != Algorithm::RS256 || header.crit.is_some() {
-        return;
-    }
-    if !kid_ok {
+    if fixture().verifier.inspect(token).is_err() {
         return;
     }
     let Some((input, _)) = token.rsplit_once('.') else {
@@ -129,20 +129,31 @@ fn check(token: &str) {
 }
 
 fn verify(token: &str) {
-    let Ok(data) = decode::<UniqueObject>(token, &key().decoding, &validation()) else {
+    let Fixture { key, verifier, .. } = fixture();
+    let Ok(unverified) = verifier.inspect(token) else {
         return;
     };
-    let claims = data.claims.0;
-    assert_eq!(claims.get("iss"), Some(&json!(ISSUER)), "iss was validated");
+    assert_eq!(unverified.issuer, ISSUER, "only the trusted issuer passes");
+    let Ok(verified) = verifier.verify_with(unverified, key) else {
+        return;
+    };
+    let claims = &verified.raw;
+    assert_eq!(claims.get("iss"), Some(&json!(ISSUER)), "iss was checked");
     let audience_ok = match claims.get("aud") {
         Some(Value::String(aud)) => aud == AUDIENCE,
         Some(Value::Array(auds)) => auds.iter().any(|a| a == AUDIENCE),
         _ => false,
     };
-    assert!(audience_ok, "aud was validated: {:?}", claims.get("aud"));
+    assert!(audience_ok, "aud was checked: {:?}", claims.get("aud"));
     assert!(
-        claims.get("exp").is_some_and(Value::is_number),
-        "exp was validated"
+        claims.get("exp").and_then(Value::as_u64) == Some(verified.expires_at),
+        "exp was checked"
     );
-    let _ = token_broker::Claims::from_json(ISSUER, &claims);
+    assert!(
+        verified
+            .claims
+            .get("project_id")
+            .is_some_and(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit())),
+        "project_id was checked"
+    );
 }
