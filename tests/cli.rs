@@ -601,3 +601,57 @@ fn the_pipeline_posts_the_delta_as_a_note_and_fails_when_gitlab_refuses() {
     );
     assert_eq!(request, None, "without a token nothing is posted");
 }
+
+/// Behind an egress proxy the broker's one HTTP client goes the way every program does: with
+/// `HTTPS_PROXY` set, the JWKS fetch at start is a `CONNECT` to the proxy (the issuer's host is
+/// never resolved here, so only the proxy could have been asked).
+#[test]
+fn outbound_requests_go_through_the_proxy_the_environment_names() {
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let (seen, request) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        if let Ok((mut stream, _)) = proxy.accept() {
+            let mut line = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut line);
+            let _ = stream.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n");
+            let _ = seen.send(line);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"audience = "https://token-broker.example.com"
+[[issuer]]
+url = "https://gitlab.invalid"
+[role.read-only]
+arn = "arn:aws:iam::123456789012:role/read-only"
+[[role.read-only.allow]]
+project_id = "1"
+"#,
+    )
+    .unwrap();
+    let mut broker = Command::new(env!("CARGO_BIN_EXE_token-broker"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--policy"])
+        .arg(&policy)
+        .env_remove("TOKEN_BROKER_POLICY")
+        .env_remove("AWS_LAMBDA_RUNTIME_API")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env("HTTPS_PROXY", &proxy_url)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "proxy-test")
+        .env("AWS_SECRET_ACCESS_KEY", "proxy-test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = request.recv_timeout(std::time::Duration::from_secs(20));
+    let _ = broker.kill();
+    let _ = broker.wait();
+    let line = line.expect("the proxy was asked");
+    assert!(line.starts_with("CONNECT gitlab.invalid:443 "), "{line:?}");
+}

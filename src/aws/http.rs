@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_sts::config::SharedHttpClient;
 use aws_smithy_http_client::Connector;
+use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use aws_smithy_runtime_api::client::http::{
     HttpConnector, HttpConnectorSettings, SharedHttpConnector, http_client_fn,
@@ -17,8 +18,8 @@ use aws_smithy_types::body::SdkBody;
 use http_body_util::{BodyExt, Limited};
 
 /// The connector, made (and the root certificates loaded) on first use: the JWKS prefetch at
-/// start, or the first AWS call. It follows no redirect and connects within [`super::timeouts`]'s
-/// connect timeout.
+/// start, or the first AWS call. It follows no redirect, connects within [`super::timeouts`]'s
+/// connect timeout, and goes through the proxy the standard environment variables name.
 fn connector() -> &'static SharedHttpConnector {
     static CONNECTOR: OnceLock<SharedHttpConnector> = OnceLock::new();
     CONNECTOR.get_or_init(|| {
@@ -32,6 +33,9 @@ fn connector() -> &'static SharedHttpConnector {
         SharedHttpConnector::new(
             Connector::builder()
                 .connector_settings(settings)
+                // `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`: egress through a proxy, as reqwest
+                // did for the JWKS, now for every call (the SDK's default ignores them).
+                .proxy_config(ProxyConfig::from_env())
                 .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
                 .build(),
         )
