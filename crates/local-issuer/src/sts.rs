@@ -136,8 +136,9 @@ async fn answer(shared: &Shared) -> Response<Full<Bytes>> {
         ),
         7 => (StatusCode::OK, "<html>not STS</html>".to_owned()),
         8 => {
-            let start = ASSUME_ROLE_OK.find("<Credentials>").expect("credentials");
-            let end = ASSUME_ROLE_OK.find("</Credentials>").expect("credentials") + 14;
+            let (open, close) = ("<Credentials>", "</Credentials>");
+            let start = ASSUME_ROLE_OK.find(open).expect("credentials");
+            let end = ASSUME_ROLE_OK.find(close).expect("credentials") + close.len();
             (
                 StatusCode::OK,
                 format!("{}{}", &ASSUME_ROLE_OK[..start], &ASSUME_ROLE_OK[end..]),
