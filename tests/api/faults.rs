@@ -6,8 +6,6 @@
 use std::time::{Duration, Instant};
 
 use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_sts::config::{Credentials, SharedCredentialsProvider};
 use local_issuer::sts::{LocalSts, StsMode};
 use local_issuer::{LocalIssuer, Mode};
 use serde_json::json;
@@ -16,34 +14,28 @@ use token_broker::oidc::JwksSettings;
 
 use crate::helpers::*;
 
-/// STS at the stand-in, with timeouts short enough for a test (the real ones: 3 s an attempt,
-/// 8 s in all).
-fn stand_in_sdk(sts: &LocalSts) -> SdkConfig {
-    SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(sts.url())
-        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-            "t", "t", None, None, "tests",
-        )))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_millis(300))
-                .operation_attempt_timeout(Duration::from_millis(400))
-                .operation_timeout(Duration::from_millis(1500))
-                .build(),
-        )
-        .build()
+/// A broker whose STS is the stand-in, with timeouts short enough for a test (the real ones: 3 s
+/// an attempt, 8 s in all).
+async fn app_on_stand_in(sts: &LocalSts) -> TestApp {
+    let mut spec = sts_at(sts.url());
+    spec.sts = spec.sts.map(|sdk| {
+        sdk.to_builder()
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_millis(300))
+                    .operation_attempt_timeout(Duration::from_millis(400))
+                    .operation_timeout(Duration::from_millis(1500))
+                    .build(),
+            )
+            .build()
+    });
+    spawn_app_with(spec).await
 }
 
 #[tokio::test]
 async fn sts_faults_end_in_bounded_503s_and_leave_no_task_behind() {
     let sts = LocalSts::start_on("127.0.0.1:0").await;
-    let app = spawn_app_with(AppSpec {
-        sts: Some(stand_in_sdk(&sts)),
-        ..Default::default()
-    })
-    .await;
+    let app = app_on_stand_in(&sts).await;
     let (token, _) = app.token(json!({}));
     assert_eq!(
         app.credentials(&token, "role=read-only").await.status(),
@@ -110,11 +102,7 @@ async fn sts_faults_end_in_bounded_503s_and_leave_no_task_behind() {
 #[tokio::test]
 async fn sts_answers_that_hold_no_usable_credentials_are_refused_in_every_format() {
     let sts = LocalSts::start_on("127.0.0.1:0").await;
-    let app = spawn_app_with(AppSpec {
-        sts: Some(stand_in_sdk(&sts)),
-        ..Default::default()
-    })
-    .await;
+    let app = app_on_stand_in(&sts).await;
     let (token, _) = app.token(json!({}));
     for (mode, code) in [
         (StsMode::MalformedCredentials, "MalformedCredentials"),

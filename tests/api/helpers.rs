@@ -18,7 +18,7 @@ pub use local_issuer::{LocalIssuer, forge, urn};
 use serde_json::Value;
 use token_broker::AppState;
 use token_broker::config::{self, Settings};
-use token_broker::startup::{self, Operations};
+use token_broker::startup::Operations;
 
 /// What to start a broker with. `AppSpec::default()` is what [`spawn_app`] starts.
 pub struct AppSpec {
@@ -115,18 +115,13 @@ pub async fn spawn_app_with(spec: AppSpec) -> TestApp {
         )),
         ..spec.settings
     };
-    let sts = with_broker_timeouts(spec.sts.unwrap_or_else(moto::sdk_config));
-    let kms = with_broker_timeouts(spec.kms.unwrap_or_else(moto::sdk_config));
-    let state = startup::build(&settings, &sts, &kms, spec.operations)
-        .await
-        .unwrap();
-    let listener = token_broker::serve::bind(([127, 0, 0, 1], 0).into()).unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(token_broker::serve::run(
-        listener,
-        state.clone(),
-        std::future::pending(),
-    ));
+    let (address, state) = crate::serve::serve_broker(
+        &settings,
+        spec.sts.unwrap_or_else(moto::sdk_config),
+        spec.kms.unwrap_or_else(moto::sdk_config),
+        spec.operations,
+    )
+    .await;
     TestApp {
         address,
         issuer,
@@ -134,17 +129,6 @@ pub async fn spawn_app_with(spec: AppSpec) -> TestApp {
         state,
         dir,
     }
-}
-
-/// `sdk` with the timeouts `aws::sdk_config` gives the binary, so faults end as they would there;
-/// unless the test chose timeouts of its own (short ones, to keep a fault test fast).
-fn with_broker_timeouts(sdk: SdkConfig) -> SdkConfig {
-    if sdk.timeout_config().is_some() {
-        return sdk;
-    }
-    sdk.to_builder()
-        .timeout_config(token_broker::aws::timeouts())
-        .build()
 }
 
 /// Waits briefly, for tests that need a cooldown to pass.

@@ -11,6 +11,8 @@ mod lambda;
 mod metrics;
 mod replay;
 mod requests;
+#[path = "../common/serve.rs"]
+mod serve;
 mod sts_errors;
 mod subject;
 mod token;

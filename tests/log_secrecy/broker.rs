@@ -4,7 +4,6 @@
 //! a process with tests that install another.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use aws_config::SdkConfig;
 use local_issuer::LocalIssuer;
@@ -12,7 +11,6 @@ use local_issuer::claims::unique_job_id;
 use local_issuer::fixture::{AUDIENCE, POLICY, write_policy};
 use serde_json::Value;
 use token_broker::config::Settings;
-use token_broker::startup;
 
 /// A running broker, its issuer, and a client for it.
 pub struct Broker {
@@ -42,22 +40,8 @@ impl Broker {
             policy: Some(write_policy(dir.path(), POLICY, issuer.url())),
             ..settings
         };
-        let with_timeouts = |sdk: SdkConfig| {
-            sdk.to_builder()
-                .timeout_config(token_broker::aws::timeouts())
-                .build()
-        };
-        let (sts, kms) = (with_timeouts(sts), with_timeouts(kms));
-        let state: Arc<_> = startup::build(&settings, &sts, &kms, Default::default())
-            .await
-            .unwrap();
-        let listener = token_broker::serve::bind(([127, 0, 0, 1], 0).into()).unwrap();
-        let address = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(token_broker::serve::run(
-            listener,
-            state,
-            std::future::pending(),
-        ));
+        let (address, _) =
+            crate::serve::serve_broker(&settings, sts, kms, Default::default()).await;
         Self {
             address,
             issuer,

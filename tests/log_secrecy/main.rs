@@ -8,6 +8,8 @@
 //! the Lambda Runtime API, with its stderr and stdout captured.
 
 mod broker;
+#[path = "../common/serve.rs"]
+mod serve;
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
