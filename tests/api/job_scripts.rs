@@ -258,6 +258,9 @@ struct Run {
     trailing_slash: bool,
     /// How many requests the front end answers itself with a 503 before passing them on.
     throttle: usize,
+    /// Whether the front end answers every request itself with an empty `200` (a proxy or CDN
+    /// gone wrong), so that nothing reaches the broker.
+    empty_ok: bool,
 }
 
 impl Run {
@@ -274,6 +277,7 @@ impl Run {
             broker: broker.to_owned(),
             trailing_slash: false,
             throttle: 0,
+            empty_ok: false,
         }
     }
 
@@ -284,7 +288,7 @@ impl Run {
 
     /// Runs under `shell` in a fresh directory with the stubs first on `PATH` (blocking).
     fn under(&self, shell: Shell) -> Outcome {
-        let front = Front::start(&self.broker, self.throttle);
+        let front = Front::start(&self.broker, self.throttle, self.empty_ok);
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("bin");
         let tmp = dir.path().join("tmp");
@@ -412,7 +416,8 @@ fn run_with_deadline(mut command: Command, dir: &Path) -> (Option<i32>, String, 
 }
 
 /// A front end between a job and the broker, as the Function URL is: passes requests on and
-/// counts them, after answering the first `throttle` itself with a 503 and `Retry-After: 1`.
+/// counts them, after answering the first `throttle` itself with a 503 and `Retry-After: 1`;
+/// with `empty_ok`, it answers every request itself with an empty 200.
 struct Front {
     url: String,
     requests: Arc<AtomicUsize>,
@@ -422,7 +427,7 @@ struct Front {
 const REQUEST_START: &[u8] = b"POST /v1/";
 
 impl Front {
-    fn start(broker: &str, throttle: usize) -> Self {
+    fn start(broker: &str, throttle: usize, empty_ok: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let target = broker.trim_start_matches("http://").to_owned();
@@ -435,8 +440,10 @@ impl Front {
                 let (counted, target) = (counted.clone(), target.clone());
                 let throttle_this = throttled.fetch_add(1, Ordering::SeqCst) < throttle;
                 std::thread::spawn(move || {
-                    if throttle_this {
-                        answer_503(client, &counted);
+                    if empty_ok {
+                        answer(client, &counted, "200 OK", "");
+                    } else if throttle_this {
+                        answer(client, &counted, "503 Service Unavailable", THROTTLED);
                     } else {
                         forward(client, &target, &counted);
                     }
@@ -447,8 +454,12 @@ impl Front {
     }
 }
 
-/// Reads one request and answers it with a throttling 503, closing the connection.
-fn answer_503(mut client: TcpStream, counted: &AtomicUsize) {
+/// The body of a throttling 503 from the front end.
+const THROTTLED: &str = r#"{"message":"Rate exceeded"}"#;
+
+/// Reads one request and answers it with `status` and `body` (and `Retry-After: 1`), closing
+/// the connection.
+fn answer(mut client: TcpStream, counted: &AtomicUsize, status: &str, body: &str) {
     let mut request = Vec::new();
     let mut buf = [0u8; 4096];
     let head_end = loop {
@@ -472,10 +483,9 @@ fn answer_503(mut client: TcpStream, counted: &AtomicUsize) {
         }
     }
     counted.fetch_add(1, Ordering::SeqCst);
-    let body = r#"{"message":"Rate exceeded"}"#;
     let _ = write!(
         client,
-        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\n\
+        "HTTP/1.1 {status}\r\nRetry-After: 1\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -594,6 +604,36 @@ async fn the_gitlab_jobs_stop_before_aws_with_the_brokers_error_when_refused() {
             started.elapsed() < Duration::from_secs(5),
             "{job}: a refusal ends the job at once"
         );
+    }
+}
+
+/// A 200 that holds no credentials (an empty page from a proxy or CDN in front of the broker)
+/// ends the jobs before any `aws` step, with or without `-e`: sourcing an empty file succeeds,
+/// and the job would otherwise go on with whatever credentials the runner has.
+#[tokio::test]
+async fn the_gitlab_jobs_stop_before_aws_when_the_answer_holds_no_credentials() {
+    let app = spawn_app().await;
+    for (job, script) in credential_jobs() {
+        let (token, _) = allowed_token(&app);
+        let mut run = Run::job(&script, &app.address, &token);
+        run.empty_ok = true;
+        run.env.extend([
+            ("AWS_ACCESS_KEY_ID", "AKIARUNNERSOWN".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "runners-own-secret".to_owned()),
+        ]);
+        for as_job in [true, false] {
+            run.as_job = as_job;
+            for outcome in run.under_each(&SHELLS).await {
+                let what = format!("{job} (-e: {as_job})");
+                assert_ne!(outcome.code, Some(0), "{what}: {outcome:?}");
+                assert!(outcome.aws_calls().is_empty(), "{what}: {outcome:?}");
+                assert!(
+                    outcome.stderr.contains("no credentials"),
+                    "{what} says why: {outcome:?}"
+                );
+                assert!(outcome.leftovers.is_empty(), "{what} left {outcome:?}");
+            }
+        }
     }
 }
 
