@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Limited};
 
 /// The connector, made (and the root certificates loaded) on first use: the JWKS prefetch at
 /// start, or the first AWS call. It follows no redirect, connects within [`super::timeouts`]'s
-/// connect timeout, and goes through the proxy the standard environment variables name.
+/// connect timeout, and sends HTTPS through the proxy `HTTPS_PROXY` names ([`proxy`]).
 fn connector() -> &'static SharedHttpConnector {
     static CONNECTOR: OnceLock<SharedHttpConnector> = OnceLock::new();
     CONNECTOR.get_or_init(|| {
@@ -33,13 +33,40 @@ fn connector() -> &'static SharedHttpConnector {
         SharedHttpConnector::new(
             Connector::builder()
                 .connector_settings(settings)
-                // `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`: egress through a proxy, as reqwest
-                // did for the JWKS, now for every call (the SDK's default ignores them).
-                .proxy_config(ProxyConfig::from_env())
+                .proxy_config(proxy())
                 .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
                 .build(),
         )
     })
+}
+
+/// Never proxied, whatever `NO_PROXY` says: loopback, and the link-local instance-metadata and
+/// container-credential endpoints, whose answers are the broker's own AWS credentials.
+const NEVER_PROXIED: &str = "localhost,127.0.0.0/8,::1,169.254.0.0/16,fd00:ec2::/32";
+
+/// Egress through `HTTPS_PROXY` (or `https_proxy`) for HTTPS calls, except `NO_PROXY` and
+/// [`NEVER_PROXIED`], as reqwest did for the JWKS (the SDK's own default ignores proxies). Plain
+/// HTTP is never proxied: the only such calls are to those link-local endpoints and to local
+/// emulators, and `HTTP_PROXY` would hand the credentials they answer to the proxy.
+fn proxy() -> ProxyConfig {
+    let var = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    };
+    let Some(url) = var(["HTTPS_PROXY", "https_proxy"]) else {
+        return ProxyConfig::disabled();
+    };
+    let Ok(config) = ProxyConfig::https(url.as_str()) else {
+        // Not the URL itself: it may carry the proxy's password.
+        tracing::warn!("HTTPS_PROXY is not a proxy URL; connecting directly");
+        return ProxyConfig::disabled();
+    };
+    let mut rules = NEVER_PROXIED.to_owned();
+    if let Some(more) = var(["NO_PROXY", "no_proxy"]) {
+        rules = format!("{rules},{more}");
+    }
+    config.no_proxy(rules)
 }
 
 /// The shared connector as the SDK's HTTP client. The SDK asks with its clients' connect and read
