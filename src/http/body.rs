@@ -43,3 +43,16 @@ pub fn set_request_id(response: &mut Response<Bytes>, request_id: &str) {
         response.headers_mut().insert("x-request-id", id);
     }
 }
+
+/// A caller-chosen name as an error message may repeat it: a misspelt parameter (`duration`) is
+/// named, anything else is not, since a job that pastes its token into the query string would
+/// otherwise get part of it back in the answer, and in its log.
+pub fn caller_name(name: &str) -> String {
+    let plain =
+        (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    if plain {
+        name.to_owned()
+    } else {
+        "…".to_owned()
+    }
+}

@@ -9,7 +9,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use serde::Deserialize;
 
 use super::RequestMeta;
-use super::body::{json_response, require_media_type};
+use super::body::{caller_name, json_response, require_media_type};
 use super::error::{ApiError, ErrorCode};
 use crate::aws::names::{RoleName, SessionDuration};
 use crate::broker::{CredentialsRequest, Issued};
@@ -112,7 +112,7 @@ impl Query {
             if !seen.insert(name.clone()) {
                 return Err(ApiError::invalid_request(format!(
                     "query parameter `{}` is repeated",
-                    shortened(&name)
+                    caller_name(&name)
                 )));
             }
             match name.as_ref() {
@@ -135,25 +135,12 @@ impl Query {
                 _ => {
                     return Err(ApiError::invalid_request(format!(
                         "unknown query parameter `{}` (known: role, duration_seconds, format)",
-                        shortened(&name)
+                        caller_name(&name)
                     )));
                 }
             }
         }
         Ok(parsed)
-    }
-}
-
-/// A caller-chosen name as an error message may repeat it: a misspelt parameter (`duration`) is
-/// named, anything else is not, since a job that pastes its token into the query string would
-/// otherwise get part of it back in the answer, and in its log.
-fn shortened(name: &str) -> String {
-    let plain =
-        (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
-    if plain {
-        name.to_owned()
-    } else {
-        "…".to_owned()
     }
 }
 

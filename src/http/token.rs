@@ -8,7 +8,7 @@ use http::{Request, Response, StatusCode};
 use serde_json::json;
 
 use super::RequestMeta;
-use super::body::{json_response, require_media_type};
+use super::body::{caller_name, json_response, require_media_type};
 use super::discovery;
 use super::error::{ApiError, ErrorCode, exchange_error};
 use crate::oidc::token::MAX_TOKEN_BYTES;
@@ -39,7 +39,8 @@ impl Exchange {
                 .is_some()
             {
                 return Err(ApiError::invalid_request(format!(
-                    "parameter `{name}` is repeated"
+                    "parameter `{}` is repeated",
+                    caller_name(&name)
                 )));
             }
         }

@@ -217,6 +217,30 @@ async fn an_unknown_query_parameter_is_named() {
 }
 
 #[tokio::test]
+async fn a_token_pasted_twice_into_the_exchange_form_never_comes_back() {
+    let app = spawn_app().await;
+    let (token, _) = app.token(json!({}));
+    let form = [
+        ("grant_type", urn::TOKEN_EXCHANGE),
+        ("subject_token", token.as_str()),
+        ("subject_token_type", urn::JWT),
+        ("audience", "sts.amazonaws.com"),
+        (token.as_str(), ""),
+        (token.as_str(), ""),
+    ];
+    let response = exchange_form(&app, &form).await;
+    let body = app
+        .assert_error(
+            response,
+            400,
+            "invalid_request",
+            "parameter `…` is repeated",
+        )
+        .await;
+    assert!(!body.to_string().contains("eyJ"), "{body}");
+}
+
+#[tokio::test]
 async fn a_token_for_another_audience_is_not_told_the_brokers_audience() {
     let app = spawn_app().await;
     let (token, _) = app.token(json!({"aud": "https://vault.example.com"}));
