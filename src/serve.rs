@@ -33,6 +33,10 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// accept queue; HTTP clients reconnect by themselves.
 pub const MAX_CONNECTIONS: usize = 256;
 
+/// How long a request's head, and then its body, may take to arrive: a caller that sends slowly
+/// would otherwise hold one of the [`MAX_CONNECTIONS`] slots for as long as it likes.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Largest request head and buffered body hyper reads for one connection: a 16 KiB token in
 /// `Authorization` plus the other headers fits; hyper's default is ~400 KiB.
 const MAX_BUF_BYTES: usize = 64 * 1024;
@@ -86,7 +90,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
             let service = service_fn(move |request| respond(shared.clone(), request));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(READ_TIMEOUT)
                 .max_buf_size(MAX_BUF_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(error) = connection.await {
@@ -118,8 +122,9 @@ async fn respond(
         origin: shared.origin.map(|o| o.to_string()),
     };
     let (parts, body) = request.into_parts();
-    let response = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => {
+    let body = tokio::time::timeout(READ_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect());
+    let response = match body.await {
+        Ok(Ok(collected)) => {
             // Taken once the body is in (it is capped), so a slow sender holds no turn.
             let _turn = shared
                 .turns
@@ -133,8 +138,13 @@ async fn respond(
             )
             .await
         }
-        Err(_) => ApiError::invalid_request(format!(
+        Ok(Err(_)) => ApiError::invalid_request(format!(
             "request body exceeds {MAX_BODY_BYTES} bytes or was cut off"
+        ))
+        .into_response(&meta.request_id),
+        Err(_) => ApiError::invalid_request(format!(
+            "request body not received within {} s",
+            READ_TIMEOUT.as_secs()
         ))
         .into_response(&meta.request_id),
     };

@@ -4,7 +4,7 @@
 use futures_util::future::join_all;
 use local_issuer::sts::LocalSts;
 use serde_json::json;
-use token_broker::serve::MAX_CONNECTIONS;
+use token_broker::serve::{MAX_CONNECTIONS, READ_TIMEOUT};
 
 use crate::helpers::*;
 
@@ -46,4 +46,31 @@ async fn more_keep_alive_callers_than_connection_slots_are_all_answered() {
         answers.iter().any(|(_, closed)| *closed),
         "with every slot taken, answers close their connection"
     );
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_refused_after_the_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let started = std::time::Instant::now();
+    stream
+        .write_all(
+            b"POST /v1/credentials?role=read-only HTTP/1.1\r\nhost: broker\r\n\
+              content-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        READ_TIMEOUT + std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection was not closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("not received within 10 s"), "{answer}");
+    assert!(started.elapsed() >= READ_TIMEOUT, "{:?}", started.elapsed());
 }
