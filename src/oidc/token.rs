@@ -36,13 +36,6 @@ pub fn check_shape(token: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The issuer named by an unverified token; only used to pick which keys to verify it with.
-pub fn unverified_issuer(token: &str) -> Result<String, &'static str> {
-    let payload = token.split('.').nth(1).ok_or("token has no payload")?;
-    let bytes = decode_part(payload).map_err(|_| "token payload is not base64url")?;
-    issuer_of(&bytes)
-}
-
 /// A base64url segment of the token, decoded.
 pub fn decode_part(segment: &str) -> Result<Vec<u8>, base64::DecodeError> {
     URL_SAFE_NO_PAD.decode(segment)
@@ -67,7 +60,8 @@ pub struct Payload {
 }
 
 impl Payload {
-    /// Reads the payload of `token`, failing as [`unverified_issuer`] fails. A payload that
+    /// Reads the payload of `token`; it fails when there is no payload, it is not base64url, or
+    /// it names no string `iss` (a test compares this with reading `iss` alone). A payload that
     /// names a string `iss` but is not a JSON object without duplicate names still parses: it
     /// is refused by [`Payload::claims`], after the signature check, as it was when
     /// jsonwebtoken parsed the claims a second time.
@@ -151,6 +145,14 @@ pub fn check_header(token: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The issuer as the broker read it before `Payload` (the `iss` alone): the reference
+    /// `Payload::parse` must agree with.
+    fn unverified_issuer(token: &str) -> Result<String, &'static str> {
+        let payload = token.split('.').nth(1).ok_or("token has no payload")?;
+        let bytes = decode_part(payload).map_err(|_| "token payload is not base64url")?;
+        issuer_of(&bytes)
+    }
 
     fn b64(s: &str) -> String {
         URL_SAFE_NO_PAD.encode(s)
