@@ -2,7 +2,8 @@
 //! payload, trusted issuer, pinned algorithm, `crit`, `kid`) and `Verifier::verify_with` (the
 //! key's `alg`, the signature with aws-lc-rs, the claims, registered and CI) against a fixed RSA
 //! key generated once per process, the two halves `Verifier::verify` runs around the key fetch.
-//! Also the duplicate-refusing claims object on every part. Contract: never panic, and a token that verifies carries the expected `iss`, `aud`, `exp` and CI claims.
+//! Also the duplicate-refusing claims object on every part. Contract: never panic, and a token
+//! that verifies carries the expected `iss`, `aud`, `exp` and CI claims.
 //!
 //! Input: a compact token (`header.payload.signature`), or, when it starts with `{`, a header
 //! JSON and a claims JSON separated by the first newline, which the target encodes itself. Every
