@@ -206,7 +206,8 @@ async fn jobs_outside_the_policy_are_denied_with_their_failing_claim_and_sts_is_
         ),
     ];
     for (name, overrides, claim) in cases {
-        let (token, job_id) = app.token(overrides);
+        let (claims, job_id) = app.claims(overrides);
+        let token = app.issuer.mint(&claims);
         let response = app.credentials(&token, "role=deploy-web-prod").await;
         let body = app
             .assert_error(
@@ -219,6 +220,21 @@ async fn jobs_outside_the_policy_are_denied_with_their_failing_claim_and_sts_is_
         assert!(
             !body.to_string().contains("4242\\\" does"),
             "{name}: must not reveal other rules' values"
+        );
+        // Exactly the failing claim and the caller's own value of it, nothing of the rule's.
+        let description = body["error_description"].as_str().unwrap();
+        let told = description
+            .strip_prefix(&format!("role \"deploy-web-prod\": claim \"{claim}\""))
+            .unwrap_or_else(|| panic!("{name}: {description}"));
+        let rule = match claims.get(claim) {
+            Some(value) => told.strip_prefix(&format!(" = {value} does not satisfy rule ")),
+            None => told
+                .strip_prefix(" is missing (rule ")
+                .and_then(|rest| rest.strip_suffix(')')),
+        };
+        assert!(
+            rule.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+            "{name}: {description}"
         );
         assert!(
             recorded_assume_roles(&format!("gitlab-4242-{job_id}"))

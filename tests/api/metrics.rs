@@ -219,3 +219,24 @@ async fn a_failed_jwks_fetch_writes_a_jwks_fetch_failures_line() {
     let decided: Vec<_> = decisions(&metrics).iter().map(dimensions).collect();
     assert_eq!(decided, [("error".to_owned(), "read-only".to_owned())]);
 }
+
+#[tokio::test]
+async fn a_failed_sts_call_is_counted_as_an_sts_error() {
+    let sts = local_issuer::sts::LocalSts::start_on("127.0.0.1:0").await;
+    sts.set_mode(local_issuer::sts::StsMode::ServerError);
+    let metrics = Metrics::in_memory(NAMESPACE);
+    let mut spec = sts_at(sts.url());
+    spec.operations = Operations {
+        metrics: metrics.clone(),
+        ..Operations::default()
+    };
+    let app = spawn_app_with(spec).await;
+    let (token, _) = app.token(json!({}));
+    let response = app.credentials(&token, "role=read-only").await;
+    assert_eq!(response.status(), 503);
+    let lines = decisions(&metrics);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(dimensions(&lines[0]), ("error".into(), "read-only".into()));
+    assert_eq!(lines[0]["StsErrors"], 1, "the STS failure is counted");
+    assert_eq!(lines[0]["KmsErrors"], 0);
+}

@@ -132,7 +132,9 @@ async fn another_grant_counts_the_same_token_within_its_own_limit() {
     app.assert_error(third, 403, "access_denied", r#"role "tagged""#)
         .await;
     let again = app.credentials(&token, "role=read-only").await;
-    assert_eq!(status_of(again).await, 403);
+    assert_eq!(again.status(), 403);
+    app.assert_error(again, 403, "access_denied", "already exchanged 1 time(s)")
+        .await;
 }
 
 #[tokio::test]
@@ -186,7 +188,9 @@ async fn a_use_that_issued_nothing_is_given_back_so_the_job_can_retry() {
         "the failed attempt did not spend the token's one use"
     );
     let replay = app.exchange(&token, "sts.amazonaws.com").await;
-    assert_eq!(status_of(replay).await, 400, "invalid_target: already used");
+    assert_eq!(replay.status(), 400, "invalid_target: already used");
+    app.assert_error(replay, 400, "invalid_target", "already exchanged 1 time(s)")
+        .await;
 }
 
 #[tokio::test]

@@ -587,6 +587,11 @@ async fn an_env_request_that_fails_is_audited_as_an_error() {
             line.contains("error") && !line.contains("allow"),
             "{format}: {line}"
         );
+        let outcome = match format {
+            "JSON" => r#""outcome":"error""#,
+            _ => "outcome=\"error\"",
+        };
+        assert!(without_colours(&line).contains(outcome), "{format}: {line}");
     }
 }
 
