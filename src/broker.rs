@@ -368,7 +368,7 @@ impl Broker {
 /// immutable ids by the grant's template), GitLab's `iss` and `sub` as `gitlab_iss` and
 /// `gitlab_sub` for relying parties that want them, and the grant's copied claims with their
 /// GitLab types. Never outlives the GitLab token.
-pub fn token_claims(
+fn token_claims(
     grant: &TokenGrant,
     verified: &VerifiedToken,
     issuer: &str,
@@ -477,7 +477,7 @@ fn denied_claim(claim: &str, why: &str) -> BrokerError {
 }
 
 /// min(requested, role max, time left on the token), but never under STS's minimum.
-pub fn session_seconds(
+fn session_seconds(
     requested: Option<u64>,
     role_max: Duration,
     expires_at: u64,

@@ -174,7 +174,7 @@ impl Metrics {
 /// The EMF object of a decision: `Decisions` by `[Outcome]` and `[Outcome, Role|Audience]`; the
 /// latency and upstream error counts without dimensions, which is what the alarms and the
 /// dashboard's percentiles read.
-pub fn decision_line(namespace: &str, decision: &Decision<'_>, timestamp_ms: u64) -> Value {
+fn decision_line(namespace: &str, decision: &Decision<'_>, timestamp_ms: u64) -> Value {
     let (name, value) = match decision.subject {
         Subject::Role(role) => ("Role", role),
         Subject::Audience(audience) => ("Audience", audience),
@@ -209,7 +209,7 @@ pub fn decision_line(namespace: &str, decision: &Decision<'_>, timestamp_ms: u64
 }
 
 /// The EMF object of one failed JWKS fetch, without dimensions.
-pub fn jwks_line(namespace: &str, timestamp_ms: u64) -> Value {
+fn jwks_line(namespace: &str, timestamp_ms: u64) -> Value {
     json!({
         "_aws": {
             "Timestamp": timestamp_ms,

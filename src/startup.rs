@@ -38,7 +38,7 @@ pub struct Operations {
 impl Operations {
     /// What `settings` ask for: the replay table (`TOKEN_BROKER_REPLAY_TABLE`) reached through
     /// `sdk`, and metric lines on stdout when a namespace is set.
-    pub fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Self {
+    fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Self {
         Self {
             replay: settings
                 .replay_table
@@ -111,7 +111,7 @@ pub async fn build_from_env(settings: &Settings) -> Result<Arc<AppState>, String
 /// was started, in milliseconds: at the end of init, what a cold start costs in CPU, which under
 /// Lambda's CPU share is what its wall time is made of. Unlike `init_ms` it includes the runtime,
 /// the SDK configuration and everything before [`build`].
-pub fn process_cpu_ms() -> f64 {
+fn process_cpu_ms() -> f64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes a whole `rusage` into the pointer it is given, which points to one.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {

@@ -69,9 +69,10 @@ fn proxy() -> ProxyConfig {
     config.no_proxy(rules)
 }
 
-/// The shared connector as the SDK's HTTP client. The SDK asks with its clients' connect and read
-/// timeouts; the broker's clients all use [`super::timeouts`], which the connector was built
-/// with, and the operation timeouts are the SDK's own business above the connector.
+/// The shared connector as the SDK's HTTP client. The SDK asks with each client's connect and
+/// read timeouts and gets the one connector whatever they are: its connect timeout is
+/// [`super::timeouts`]'s, and each client's attempt and operation timeouts (which the SDK
+/// applies above the connector) bound everything else.
 pub(crate) fn sdk_client() -> SharedHttpClient {
     http_client_fn(|_settings, _components| connector().clone())
 }

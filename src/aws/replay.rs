@@ -84,11 +84,11 @@ impl ReplayTable {
     /// clock leeway, for as long as the token is accepted).
     pub fn new(config: &aws_config::SdkConfig, table: String, margin: Duration) -> Self {
         // Its own short timeouts: the guard's two calls share the function's 15 s with the JWKS
-        // fetch (3 s) and STS (8 s), and a use reserved before a Lambda timeout stays spent.
+        // fetch (3 s) and STS (8 s), and a use reserved before a Lambda timeout stays spent. The
+        // attempt timeout bounds the connect too (the shared connector's own is 2 s).
         let config = aws_sdk_dynamodb::config::Builder::from(&super::client_config(config))
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(1))
                     .operation_attempt_timeout(Duration::from_secs(1))
                     .operation_timeout(Duration::from_secs(2))
                     .build(),

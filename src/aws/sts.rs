@@ -50,7 +50,7 @@ pub enum StsError {
 
 /// STS's longest session when the caller's own credentials are a role session (role chaining),
 /// which is always the case in Lambda. STS refuses a longer `DurationSeconds` there.
-pub const ROLE_CHAINING_MAX: Duration = Duration::from_secs(3600);
+const ROLE_CHAINING_MAX: Duration = Duration::from_secs(3600);
 
 /// Owns the STS client, and knows whether the broker's own credentials make every AssumeRole
 /// role chaining.

@@ -469,7 +469,7 @@ fn rule_widens(old: &Rule, new: &Rule) -> bool {
 }
 
 /// `project_id = "4242", ref = "main" | "release-*"`.
-pub fn rule_text(rule: &Rule) -> RuleText {
+fn rule_text(rule: &Rule) -> RuleText {
     let conditions: Vec<(String, String)> = rule
         .conditions
         .iter()
