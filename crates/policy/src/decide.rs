@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::index::INDEXABLE;
 use crate::{Claims, Condition, Grant, GrantKind, Policy, Role, Rule, TokenGrant};
 
 /// The outcome for one role or token.
@@ -149,7 +150,6 @@ fn admitted<G>(grant: &G, decision: Decision) -> Result<Admitted<'_, G>, Denial>
     }
 }
 
-const IDS: [&str; 2] = ["project_id", "namespace_id"];
 const PATHS: [&str; 2] = ["project_path", "namespace_path"];
 
 impl Policy {
@@ -231,7 +231,7 @@ impl Grant {
 impl Rule {
     /// Whether the rule is about the caller's project (see [`Policy::admits_project`]).
     fn names(&self, claims: &Claims) -> bool {
-        let mut ids = self.conditions_on(&IDS).peekable();
+        let mut ids = self.conditions_on(&INDEXABLE).peekable();
         if ids.peek().is_some() {
             return ids.any(|c| c.matches(claims.get(&c.claim)));
         }

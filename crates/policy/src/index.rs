@@ -8,7 +8,9 @@ use crate::{Claims, Pattern, Rule};
 
 /// Below this many rules a plain scan is as fast and explains denials against every rule.
 pub(crate) const INDEX_FROM_RULES: usize = 16;
-const INDEXABLE: [&str; 2] = ["project_id", "namespace_id"];
+/// The claims a rule can be indexed by, and that say which project a caller is (the
+/// enumeration guard's question).
+pub(crate) const INDEXABLE: [&str; 2] = ["project_id", "namespace_id"];
 
 /// Rule positions by the exact value of one claim.
 #[derive(Debug, Clone)]

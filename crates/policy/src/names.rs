@@ -264,8 +264,12 @@ mod tests {
             ("a", false),
             ("ada lovelace", false),
             ("aws:root", false),
+            ("AWS:root", false),
+            ("Aws:x", false),
             ("ada/evil", false),
             ("ädä", false),
+            (&"a".repeat(64), true),
+            (&"a".repeat(65), false),
         ];
         for (value, ok) in cases {
             assert_eq!(SourceIdentity::parse(value).is_ok(), ok, "{value:?}");
