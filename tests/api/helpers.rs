@@ -12,7 +12,7 @@ use aws_config::SdkConfig;
 use aws_sdk_sts::config::Credentials;
 pub use local_issuer::claims::unique_job_id;
 pub use local_issuer::fixture::{AUDIENCE, POLICY, SESSION_POLICY};
-use local_issuer::kms::LocalKms;
+use local_issuer::kms::{KeySpec, LocalKms};
 pub use local_issuer::moto::{self, recorded_assume_roles, recorded_session_names, sdk_config_for};
 pub use local_issuer::{LocalIssuer, forge, urn};
 use serde_json::Value;
@@ -59,6 +59,13 @@ pub fn sts_at(url: &str) -> AppSpec {
         )),
         ..AppSpec::default()
     }
+}
+
+/// The KMS stand-in with one fresh key of `spec`, and that key's id.
+pub async fn kms_stand_in(spec: KeySpec) -> (LocalKms, String) {
+    let kms = LocalKms::start().await;
+    let key = kms.create_key(spec);
+    (kms, key)
 }
 
 /// A spec whose KMS is the local stand-in `kms`, signing with `active` and publishing `retired`

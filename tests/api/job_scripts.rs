@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use local_issuer::kms::{KeySpec, LocalKms};
+use local_issuer::kms::KeySpec;
 use local_issuer::sts::{LocalSts, StsMode};
 use serde_json::{Value, json};
 
@@ -790,8 +790,7 @@ async fn the_aws_cli_uses_the_readme_profile() {
 async fn the_token_exchange_example_stops_before_aws_when_refused() {
     // The KMS stand-in, not moto: moto hashes the digest the broker sends again, so its
     // signatures do not verify and the broker would refuse to issue them.
-    let kms = LocalKms::start().await;
-    let key = kms.create_key(KeySpec::Rsa2048);
+    let (kms, key) = kms_stand_in(KeySpec::Rsa2048).await;
     let app = spawn_app_with(signing_with(&kms, &key, &[])).await;
     let script = readme_block("sh", "/v1/token");
     let (token, _) = allowed_token(&app);

@@ -28,12 +28,6 @@ async fn measured_app(kms: &LocalKms, key: &str) -> (TestApp, Metrics) {
     (spawn_app_with(spec).await, metrics)
 }
 
-async fn signing_stand_in() -> (LocalKms, String) {
-    let kms = LocalKms::start().await;
-    let key = kms.create_key(KeySpec::Rsa2048);
-    (kms, key)
-}
-
 /// Checks one line against the EMF specification: a JSON object with `_aws.Timestamp` (epoch
 /// milliseconds) and a non-empty `_aws.CloudWatchMetrics`, each directive with a `Namespace`,
 /// `Dimensions` (arrays of at most 30 keys, each a string member of the root) and `Metrics`
@@ -97,7 +91,7 @@ fn dimensions(root: &Map<String, Value>) -> (String, String) {
 
 #[tokio::test]
 async fn every_decision_writes_one_emf_line_counted_by_outcome_and_policy_name() {
-    let (kms, key) = signing_stand_in().await;
+    let (kms, key) = kms_stand_in(KeySpec::Rsa2048).await;
     let (app, metrics) = measured_app(&kms, &key).await;
     let (token, _) = app.token(json!({}));
     let (feature, _) = app.token(json!({"ref": "feature/x"}));
@@ -154,7 +148,7 @@ async fn every_decision_writes_one_emf_line_counted_by_outcome_and_policy_name()
 
 #[tokio::test]
 async fn no_metric_line_carries_a_token_a_credential_or_a_value_the_caller_chose() {
-    let (kms, key) = signing_stand_in().await;
+    let (kms, key) = kms_stand_in(KeySpec::Rsa2048).await;
     let (app, metrics) = measured_app(&kms, &key).await;
     let (token, _) = app.token(json!({}));
     let response = app.credentials(&token, "role=read-only").await;
@@ -201,7 +195,7 @@ async fn no_metric_line_carries_a_token_a_credential_or_a_value_the_caller_chose
 
 #[tokio::test]
 async fn a_failed_jwks_fetch_writes_a_jwks_fetch_failures_line() {
-    let (kms, key) = signing_stand_in().await;
+    let (kms, key) = kms_stand_in(KeySpec::Rsa2048).await;
     let (app, metrics) = measured_app(&kms, &key).await;
     app.issuer.set_mode(Mode::Down);
     app.issuer.rotate();

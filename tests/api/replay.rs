@@ -169,8 +169,7 @@ async fn fifty_concurrent_exchanges_of_one_token_issue_exactly_token_uses_creden
 
 #[tokio::test]
 async fn a_use_that_issued_nothing_is_given_back_so_the_job_can_retry() {
-    let kms = LocalKms::start().await;
-    let key = kms.create_key(KeySpec::Rsa2048);
+    let (kms, key) = kms_stand_in(KeySpec::Rsa2048).await;
     let app = guarded_app(&moto_table().await, &moto::sdk_config(), Some((&kms, &key))).await;
     let (token, _) = app.token(json!({}));
     kms.set_mode(KmsMode::Fail {

@@ -48,8 +48,7 @@ struct Brokers {
 }
 
 async fn broker_with_two_instances() -> Brokers {
-    let kms = LocalKms::start().await;
-    let key = kms.create_key(KeySpec::Rsa2048);
+    let (kms, key) = kms_stand_in(KeySpec::Rsa2048).await;
     let second = LocalIssuer::start().await;
     let app = spawn_app_with(AppSpec {
         policy: POLICY.replace("{second}", second.url()),
@@ -64,19 +63,7 @@ async fn broker_with_two_instances() -> Brokers {
 }
 
 async fn exchange(app: &TestApp, subject_token: &str) -> Value {
-    let form = [
-        ("grant_type", urn::TOKEN_EXCHANGE),
-        ("subject_token", subject_token),
-        ("subject_token_type", urn::JWT),
-        ("audience", "sts.amazonaws.com"),
-    ];
-    let response = app
-        .client
-        .post(format!("{}/v1/token", app.address))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let response = app.exchange(subject_token, "sts.amazonaws.com").await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }

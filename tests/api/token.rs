@@ -13,16 +13,9 @@ use token_broker::config::Settings;
 
 use crate::helpers::*;
 
-/// A KMS stand-in holding one key of `spec`, and the key's id.
-async fn stand_in(spec: KeySpec) -> (LocalKms, String) {
-    let kms = LocalKms::start().await;
-    let key = kms.create_key(spec);
-    (kms, key)
-}
-
 /// A broker on [`POLICY`] signing with a fresh stand-in key of `spec`.
 async fn app_signing(spec: KeySpec) -> (TestApp, LocalKms) {
-    let (kms, key) = stand_in(spec).await;
+    let (kms, key) = kms_stand_in(spec).await;
     (spawn_app_with(signing_with(&kms, &key, &[])).await, kms)
 }
 
@@ -417,7 +410,7 @@ project_id = "4242"
 
 #[tokio::test]
 async fn a_token_over_kms_raw_message_limit_is_signed_as_a_digest_and_verifies() {
-    let (kms, key) = stand_in(KeySpec::Rsa2048).await;
+    let (kms, key) = kms_stand_in(KeySpec::Rsa2048).await;
     let policy = format!("{POLICY}{GROUPS_GRANT}");
     let app = spawn_app_with(AppSpec {
         policy,
@@ -515,7 +508,7 @@ async fn assert_sign_error_maps(app: &TestApp, kms: &LocalKms, code: &str, statu
 
 #[tokio::test]
 async fn when_kms_refuses_the_public_key_the_issuer_routes_are_500_until_it_is_fixed() {
-    let (kms, key) = stand_in(KeySpec::Rsa2048).await;
+    let (kms, key) = kms_stand_in(KeySpec::Rsa2048).await;
     kms.set_mode(KmsMode::Fail {
         status: 400,
         code: "AccessDeniedException",
