@@ -275,3 +275,59 @@ async fn each_count_expires_when_its_token_can_no_longer_be_accepted() {
         "the token itself is never stored"
     );
 }
+
+/// A DynamoDB endpoint that answers every request with `status` and `body`.
+async fn dynamodb_answering(status: u16, body: &'static str) -> String {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(move |_request| {
+                    let mut response = hyper::Response::new(Full::new(bytes::Bytes::from(body)));
+                    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                    response.headers_mut().insert(
+                        "content-type",
+                        "application/x-amz-json-1.0".parse().unwrap(),
+                    );
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_throttled_table_is_a_503_a_table_answering_garbage_a_500_and_neither_reaches_sts() {
+    const THROTTLED: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded."}"#;
+    for (status, body, answer, error, code) in [
+        (
+            400,
+            THROTTLED,
+            503,
+            "temporarily_unavailable",
+            "ProvisionedThroughputExceededException",
+        ),
+        (
+            200,
+            "<html>not DynamoDB</html>",
+            500,
+            "server_error",
+            "BadResponse",
+        ),
+    ] {
+        let url = dynamodb_answering(status, body).await;
+        let sdk = sdk_config_for(&url, Credentials::new("t", "t", None, None, "tests"));
+        let app = guarded_app("token-uses", &sdk, None).await;
+        let response = fails_closed(&app).await;
+        let retry_after = response.headers().get("retry-after").cloned();
+        assert_eq!(retry_after.is_some(), answer == 503, "{code}");
+        app.assert_error(response, answer, error, code).await;
+    }
+}
