@@ -605,3 +605,43 @@ async fn a_signature_that_does_not_verify_with_the_published_key_is_never_issued
         assert_eq!(kms.sign_requests().len(), 2, "{spec:?}: KMS signed twice");
     }
 }
+
+#[tokio::test]
+async fn a_kms_answer_without_a_usable_signature_issues_no_token() {
+    // KMS's 200 with no signature, or bytes that are not a signature by the published key (for
+    // P-256 not even DER): a 500 naming what was wrong, and nothing issued.
+    for (spec, mode, code) in [
+        (KeySpec::Rsa2048, KmsMode::NoSignature, "MissingSignature"),
+        (
+            KeySpec::EccNistP256,
+            KmsMode::NoSignature,
+            "MissingSignature",
+        ),
+        (
+            KeySpec::Rsa2048,
+            KmsMode::GarbageSignature,
+            "SignatureMismatch",
+        ),
+        (
+            KeySpec::EccNistP256,
+            KmsMode::GarbageSignature,
+            "MalformedSignature",
+        ),
+    ] {
+        let (app, kms) = app_signing(spec).await;
+        kms.set_mode(mode);
+        let (token, _) = app.token(json!({}));
+        let response = app.exchange(&token, "sts.amazonaws.com").await;
+        assert!(response.headers().get("retry-after").is_none(), "{mode:?}");
+        let body = app.assert_error(response, 500, "server_error", code).await;
+        assert!(
+            body.get("access_token").is_none(),
+            "{spec:?} {mode:?}: {body}"
+        );
+        assert_eq!(
+            kms.sign_requests().len(),
+            1,
+            "{spec:?} {mode:?}: asked once"
+        );
+    }
+}

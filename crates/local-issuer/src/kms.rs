@@ -47,6 +47,10 @@ pub enum KmsMode {
     /// Every request fails with KMS error `code` and HTTP `status`: 400 for KMS's client errors
     /// (`DisabledException`, `ThrottlingException`, …), 500 for `KMSInternalException`.
     Fail { status: u16, code: &'static str },
+    /// `Sign` answers 200 without a `Signature` (a broken or hostile upstream).
+    NoSignature,
+    /// `Sign` answers 200 with a `Signature` that is not one (random-looking bytes).
+    GarbageSignature,
 }
 
 /// What one Sign request asked for (recorded before any failure is answered).
@@ -256,9 +260,16 @@ impl Shared {
                 .map_err(|_| refuse("ValidationException"))?,
             _ => return Err(refuse("ValidationException")),
         };
+        let signature = match *self.mode.read().expect("mode lock") {
+            KmsMode::NoSignature => {
+                return Ok(json!({"KeyId": arn, "SigningAlgorithm": algorithm}));
+            }
+            KmsMode::GarbageSignature => vec![0x5a; key.sign(&digest).len()],
+            _ => key.sign(&digest),
+        };
         Ok(json!({
             "KeyId": arn,
-            "Signature": STANDARD.encode(key.sign(&digest)),
+            "Signature": STANDARD.encode(signature),
             "SigningAlgorithm": algorithm,
         }))
     }
