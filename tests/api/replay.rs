@@ -168,6 +168,40 @@ async fn fifty_concurrent_exchanges_of_one_token_issue_exactly_token_uses_creden
 }
 
 #[tokio::test]
+async fn a_use_sts_failed_is_given_back_too() {
+    let sts = local_issuer::sts::LocalSts::start_on("127.0.0.1:0").await;
+    sts.set_mode(local_issuer::sts::StsMode::ServerError);
+    let spec = sts_at(sts.url());
+    let operations = Operations {
+        replay: Some(ReplayTable::new(
+            &moto::sdk_config(),
+            moto_table().await,
+            spec.settings.leeway,
+        )),
+        ..Operations::default()
+    };
+    let app = spawn_app_with(AppSpec {
+        policy: guarded_policy(),
+        operations,
+        ..spec
+    })
+    .await;
+    let (token, _) = app.token(json!({}));
+    let failed = app.credentials(&token, "role=read-only").await;
+    app.assert_error(failed, 503, "temporarily_unavailable", "STS")
+        .await;
+    sts.set_mode(local_issuer::sts::StsMode::Ok);
+    assert_eq!(
+        status_of(app.credentials(&token, "role=read-only").await).await,
+        200,
+        "the failed attempt did not spend the token's one use"
+    );
+    let replay = app.credentials(&token, "role=read-only").await;
+    app.assert_error(replay, 403, "access_denied", "already exchanged 1 time(s)")
+        .await;
+}
+
+#[tokio::test]
 async fn a_use_that_issued_nothing_is_given_back_so_the_job_can_retry() {
     let (kms, key) = kms_stand_in(KeySpec::Rsa2048).await;
     let app = guarded_app(&moto_table().await, &moto::sdk_config(), Some((&kms, &key))).await;
