@@ -477,12 +477,7 @@ fn denied_claim(claim: &str, why: &str) -> BrokerError {
 }
 
 /// min(requested, role max, time left on the token), but never under STS's minimum.
-fn session_seconds(
-    requested: Option<u64>,
-    role_max: Duration,
-    expires_at: u64,
-    now: u64,
-) -> i32 {
+fn session_seconds(requested: Option<u64>, role_max: Duration, expires_at: u64, now: u64) -> i32 {
     let role_max = role_max.as_secs();
     let left = expires_at.saturating_sub(now);
     let seconds = requested
