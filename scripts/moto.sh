@@ -109,6 +109,8 @@ moto_stop() {
     kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
   fi
   wait "$pid" 2>/dev/null || true
-  unset MOTO_PID MOTO_PORT MOTO_ENDPOINT
+  # Its log and request recording: nothing reads them once moto is gone.
+  [ -n "${MOTO_DIR:-}" ] && rm -rf "$MOTO_DIR"
+  unset MOTO_PID MOTO_PORT MOTO_ENDPOINT MOTO_DIR MOTO_LOG MOTO_RECORDER_FILEPATH
   return 0
 }
