@@ -10,7 +10,7 @@
 # only when a missing package has no install candidate yet.
 set -euo pipefail
 
-packages=(busybox-static dash jq curl)
+packages=(busybox-static dash jq curl libxml2-utils)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
