@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::lint::{as_written, implies};
 use crate::report::markdown_cell;
+use crate::session_policy::only_narrows;
 use crate::{Claims, Grant, GrantKind, Issuer, Policy, Role, Rule, TokenGrant};
 
 /// Claims every probe set varies, whether or not a rule names them: the ones reviewers reason
@@ -389,25 +390,30 @@ fn role_settings(changes: &mut Vec<Change>, before: &Role, after: &Role) {
         as_written(after.max_duration),
         after.max_duration > before.max_duration,
     );
-    // A target role may grant on `aws:PrincipalTag/gitlab:*`: a new tag can turn access on.
-    let added_tags = after
-        .session_tags
-        .iter()
-        .any(|t| !before.session_tags.contains(t));
+    // The target role's policies may condition on `aws:PrincipalTag/gitlab:*` either way: an
+    // Allow on a tag grants more once it appears, a Deny on a tag (or an Allow with
+    // `…IfExists`) grants more once it is gone. We cannot see those policies, so any tag added or
+    // removed widens; only a new order of the same tags does not.
     settings.compare(
         "session_tags",
         before.session_tags.join(", "),
         after.session_tags.join(", "),
-        added_tags,
+        !same_set(&before.session_tags, &after.session_tags),
     );
-    // A session policy only ever narrows the role: removing or changing it can widen.
+    // A session policy only ever narrows the role: adding one narrows, removing one widens, and
+    // an edit narrows only when it provably takes statements or actions out.
     let policy = |role: &Role| role.session_policy.clone().unwrap_or_else(|| "none".into());
-    settings.compare(
-        "session_policy",
-        policy(before),
-        policy(after),
-        before.session_policy.is_some(),
-    );
+    let widening = match (&before.session_policy, &after.session_policy) {
+        (Some(old), Some(new)) => !only_narrows(old, new),
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    settings.compare("session_policy", policy(before), policy(after), widening);
+}
+
+/// The same names, in any order.
+fn same_set(a: &[String], b: &[String]) -> bool {
+    a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
 }
 
 fn token_settings(changes: &mut Vec<Change>, before: &TokenGrant, after: &TokenGrant) {
@@ -435,12 +441,13 @@ fn token_settings(changes: &mut Vec<Change>, before: &TokenGrant, after: &TokenG
         as_written(after.max_ttl),
         after.max_ttl > before.max_ttl,
     );
-    let added_claims = after.claims.iter().any(|c| !before.claims.contains(c));
+    // A relying party may grant on a copied claim, or deny on it (IAM's `StringNotEquals`, a
+    // `…IfExists` or `Null` condition): a claim copied or no longer copied can widen either way.
     settings.compare(
         "claims",
         before.claims.join(", "),
         after.claims.join(", "),
-        added_claims,
+        !same_set(&before.claims, &after.claims),
     );
 }
 
@@ -798,12 +805,11 @@ pub fn render_markdown(delta: &Delta) -> String {
         out.push_str("No access changes.\n");
         return out;
     }
-    let widening = delta.changes.iter().filter(|c| c.widening).count()
-        + delta.decisions.iter().filter(|d| d.after).count();
-    if widening > 0 {
+    if delta.widens() {
         let _ = writeln!(
             out,
-            "**⚠ This change widens access** ({widening} widening item(s), listed first).\n"
+            "**⚠ This change widens access** ({}).\n",
+            widening_summary(delta)
         );
     }
     if !delta.changes.is_empty() {
@@ -845,6 +851,16 @@ pub fn render_markdown(delta: &Delta) -> String {
         }
     }
     out
+}
+
+/// What the Markdown header counts: the change rows marked widening, and only those (newly
+/// allowed jobs are a consequence of them, shown in their own table, not more widening rows).
+fn widening_summary(delta: &Delta) -> String {
+    match delta.changes.iter().filter(|c| c.widening).count() {
+        // No change marked, yet a job newly allowed: say so rather than count none.
+        0 => "jobs newly allowed below".into(),
+        marked => format!("{marked} widening change(s), marked ⚠ and listed first"),
+    }
 }
 
 /// The delta for machines.

@@ -16,6 +16,7 @@ mod index;
 pub mod lint;
 pub mod names;
 pub mod report;
+mod session_policy;
 pub mod subject;
 #[cfg(test)]
 mod tests;

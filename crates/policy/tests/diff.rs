@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use serde_json::{Value, json};
 use token_broker_policy::diff::{
     Delta, Scope, What, diff, render_json, render_markdown, render_text,
 };
@@ -45,7 +46,7 @@ fn a_policy_compared_with_itself_reports_nothing() {
 fn each_edit_is_reported_and_widening_ones_are_marked() {
     /// (what, from, to, the change's description, widening?, a decision line that must appear)
     type Case<'a> = (&'a str, &'a str, &'a str, &'a str, bool, Option<&'a str>);
-    let cases: [Case; 14] = [
+    let cases: [Case; 19] = [
         (
             "the issuer's keys fetched from elsewhere",
             "url = \"https://gitlab.example.com\"",
@@ -76,6 +77,46 @@ fn each_edit_is_reported_and_widening_ones_are_marked() {
             "session_tags = [\"project_id\", \"namespace_id\", \"pipeline_source\"]",
             "role \"publish-artifacts\" session_tags: project_id, namespace_id → project_id, namespace_id, pipeline_source",
             true,
+            None,
+        ),
+        (
+            "a session tag removed",
+            "session_tags = [\"project_id\", \"namespace_id\"]",
+            "session_tags = [\"project_id\"]",
+            "role \"publish-artifacts\" session_tags: project_id, namespace_id → project_id",
+            true,
+            None,
+        ),
+        (
+            "the same session tags in another order",
+            "session_tags = [\"project_id\", \"namespace_id\"]",
+            "session_tags = [\"namespace_id\", \"project_id\"]",
+            "role \"publish-artifacts\" session_tags: project_id, namespace_id → namespace_id, project_id",
+            false,
+            None,
+        ),
+        (
+            "a copied claim removed",
+            "claims = [\"project_id\", \"project_path\", \"ref\", \"environment\"]",
+            "claims = [\"project_id\", \"project_path\", \"ref\"]",
+            "token \"aws-web-identity\" claims: project_id, project_path, ref, environment → project_id, project_path, ref",
+            true,
+            None,
+        ),
+        (
+            "a copied claim added",
+            "claims = [\"project_id\", \"project_path\", \"ref\", \"environment\"]",
+            "claims = [\"project_id\", \"project_path\", \"ref\", \"environment\", \"pipeline_source\"]",
+            "token \"aws-web-identity\" claims: project_id, project_path, ref, environment → project_id, project_path, ref, environment, pipeline_source",
+            true,
+            None,
+        ),
+        (
+            "a session policy added",
+            "session_tags = [\"project_id\", \"namespace_id\"]",
+            "session_tags = [\"project_id\", \"namespace_id\"]\nsession_policy = \"policies/deploy-web-prod.json\"",
+            "role \"publish-artifacts\" session_policy: none → {",
+            false,
             None,
         ),
         (
@@ -250,5 +291,227 @@ fn the_reports_agree_and_markdown_cannot_be_broken_out_of() {
             .unwrap()
             .iter()
             .any(|d| d["after"] == "allow")
+    );
+}
+
+/// A session policy with one statement of each kind a change can touch.
+const SESSION_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[
+    {"Sid":"Deploy","Effect":"Allow","Action":["s3:PutObject","s3:DeleteObject"],
+     "Resource":"arn:aws:s3:::acme-web-prod/*",
+     "Condition":{"StringEquals":{"aws:RequestedRegion":"eu-west-1"}}},
+    {"Effect":"Allow","Action":"cloudfront:CreateInvalidation","Resource":"*"},
+    {"Effect":"Allow","NotAction":["iam:*","organizations:*"],"Resource":"*"},
+    {"Effect":"Deny","Action":["s3:DeleteBucket","s3:PutBucketPolicy"],"Resource":"*"}
+]}"#;
+
+/// The delta when deploy-web-prod's session policy goes from `before` to `after`: a compiled
+/// policy's session policy is edited in place, which also lets text that is not JSON through.
+fn session_policy_delta(before: &str, after: &str) -> Delta {
+    let with = |document: &str| {
+        let mut policy = compile(&example());
+        let role = policy
+            .roles
+            .iter_mut()
+            .find(|r| r.grant.name == "deploy-web-prod")
+            .unwrap();
+        role.session_policy = Some(document.to_owned());
+        policy
+    };
+    diff(&with(before), &with(after), &[])
+}
+
+fn edited(edit: fn(&mut Value)) -> String {
+    let mut document: Value = serde_json::from_str(SESSION_POLICY).unwrap();
+    edit(&mut document);
+    document.to_string()
+}
+
+#[test]
+fn a_session_policy_edit_narrows_only_when_it_provably_takes_something_out() {
+    /// (what, the edit of SESSION_POLICY, widening?)
+    type Case = (&'static str, fn(&mut Value), bool);
+    let cases: [Case; 16] = [
+        (
+            "an action removed from an Allow",
+            |d| d["Statement"][0]["Action"] = json!(["s3:PutObject"]),
+            false,
+        ),
+        (
+            "an Allow's action list made a single string",
+            |d| d["Statement"][0]["Action"] = json!("s3:DeleteObject"),
+            false,
+        ),
+        (
+            "an Allow statement removed",
+            |d| {
+                d["Statement"].as_array_mut().unwrap().remove(1);
+            },
+            false,
+        ),
+        (
+            "an Allow with NotAction removed whole",
+            |d| {
+                d["Statement"].as_array_mut().unwrap().remove(2);
+            },
+            false,
+        ),
+        (
+            "statements reordered, one narrowed",
+            |d| {
+                let statements = d["Statement"].as_array_mut().unwrap();
+                statements.reverse();
+                statements[3]["Action"] = json!(["s3:DeleteObject"]);
+            },
+            false,
+        ),
+        (
+            "an action added to an Allow",
+            |d| {
+                d["Statement"][0]["Action"] =
+                    json!(["s3:PutObject", "s3:DeleteObject", "s3:GetObject"])
+            },
+            true,
+        ),
+        (
+            "an action widened to a wildcard",
+            |d| d["Statement"][0]["Action"] = json!(["s3:Put*", "s3:DeleteObject"]),
+            true,
+        ),
+        (
+            "a statement added",
+            |d| {
+                d["Statement"].as_array_mut().unwrap().push(json!(
+                    {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}
+                ));
+            },
+            true,
+        ),
+        (
+            "a Resource changed",
+            |d| d["Statement"][0]["Resource"] = json!("arn:aws:s3:::acme-web-*/*"),
+            true,
+        ),
+        (
+            "a Condition removed",
+            |d| {
+                d["Statement"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("Condition");
+            },
+            true,
+        ),
+        (
+            "an Effect changed",
+            |d| d["Statement"][3]["Effect"] = json!("Allow"),
+            true,
+        ),
+        (
+            "a Deny removed",
+            |d| {
+                d["Statement"].as_array_mut().unwrap().remove(3);
+            },
+            true,
+        ),
+        (
+            "an action removed from a Deny",
+            |d| d["Statement"][3]["Action"] = json!(["s3:DeleteBucket"]),
+            true,
+        ),
+        (
+            "an action removed from a NotAction",
+            |d| d["Statement"][2]["NotAction"] = json!(["iam:*"]),
+            true,
+        ),
+        (
+            "NotAction turned into Action",
+            |d| {
+                let statement = d["Statement"][1].as_object_mut().unwrap();
+                let actions = statement.remove("Action").unwrap();
+                statement.insert("NotAction".into(), actions);
+            },
+            true,
+        ),
+        (
+            "the Version changed",
+            |d| d["Version"] = json!("2008-10-17"),
+            true,
+        ),
+    ];
+    for (what, edit, widening) in cases {
+        let delta = session_policy_delta(SESSION_POLICY, &edited(edit));
+        let [change] = delta.changes.as_slice() else {
+            panic!("{what}: one change expected, got {delta:#?}");
+        };
+        assert!(
+            matches!(
+                change.what,
+                What::Setting {
+                    name: "session_policy",
+                    ..
+                }
+            ),
+            "{what}: {change:?}"
+        );
+        assert_eq!(change.widening, widening, "{what}");
+        assert_eq!(delta.widens(), widening, "{what}");
+        let mark = render_text(&delta);
+        assert_eq!(mark.starts_with("WIDENS"), widening, "{what}: {mark}");
+    }
+}
+
+#[test]
+fn a_session_policy_that_is_not_json_or_is_removed_widens() {
+    let not_json = session_policy_delta(SESSION_POLICY, "{\"Version\": ");
+    assert!(not_json.changes[0].widening, "{not_json:#?}");
+    let was_not_json = session_policy_delta("Statement: []", SESSION_POLICY);
+    assert!(was_not_json.changes[0].widening, "{was_not_json:#?}");
+    let unchanged = session_policy_delta(SESSION_POLICY, SESSION_POLICY);
+    assert!(unchanged.is_empty(), "{unchanged:#?}");
+
+    let mut without = compile(&example());
+    without.roles[0].session_policy = None;
+    let removed = diff(&compile(&example()), &without, &[]);
+    assert!(removed.widens(), "{removed:#?}");
+    let added = diff(&without, &compile(&example()), &[]);
+    assert!(!added.widens(), "{added:#?}");
+}
+
+fn fixture(name: &str) -> Policy {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/diff")
+        .join(name);
+    token_broker_policy::load(&path).unwrap()
+}
+
+#[test]
+fn the_markdown_header_counts_exactly_the_rows_marked_widening() {
+    // Three widening changes, two that are not, and jobs newly allowed: the old header counted
+    // those jobs too, so it said more than the rows it sat above.
+    let mut new = fixture("new.toml");
+    new.tokens[0].grant.token_uses = Some(1);
+    let delta = diff(&fixture("old.toml"), &new, &[]);
+    let widening = delta.changes.iter().filter(|c| c.widening).count();
+    assert_eq!((widening, delta.changes.len()), (3, 5), "{delta:#?}");
+    assert!(delta.decisions.iter().any(|d| d.after), "{delta:#?}");
+
+    let markdown = render_markdown(&delta);
+    let marked = markdown
+        .lines()
+        .filter(|l| l.starts_with("| ⚠ widens |"))
+        .count();
+    let unmarked = markdown.lines().filter(|l| l.starts_with("|  |")).count();
+    assert_eq!((marked, unmarked), (3, 2), "{markdown}");
+    assert!(
+        markdown.contains(
+            "**⚠ This change widens access** (3 widening change(s), marked ⚠ and listed first)."
+        ),
+        "{markdown}"
+    );
+    let text = render_text(&delta);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("WIDENS")).count(),
+        3,
+        "{text}"
     );
 }
