@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use token_broker_policy::access::{Query, access, access_for, render_markdown, render_text};
+use token_broker_policy::access::{
+    Query, access, access_for, render_json, render_markdown, render_text,
+};
 
 fn example() -> token_broker_policy::Policy {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy/policy.toml");
@@ -105,4 +107,137 @@ fn the_markdown_table_renders_policy_values_as_text_never_as_markup() {
     for line in markdown.lines() {
         assert_eq!(line.replace(r"\|", "").matches('|').count(), 8, "{line}");
     }
+}
+
+/// A role asking for 2 h, a rule with a typo in a claim name, and a token whose only rule has
+/// one: `tests/fixtures/access/policy.toml`.
+fn fixture() -> token_broker_policy::Policy {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/access/policy.toml");
+    token_broker_policy::load(&path).unwrap()
+}
+
+const CAPPED: &str = "arn:aws:iam::123456789012:role/token-broker-target-deploy-web-prod (≤ 3600 s; asks 7200 s, capped at 1 h by role chaining)";
+
+#[test]
+fn rules_that_can_never_match_are_listed_apart_with_the_lint_that_proves_it() {
+    let rows = access(&fixture());
+    let never: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.can_match())
+        .map(|r| format!("{} {} {:?}", r.grant, r.rule, r.never_matches[0].lint))
+        .collect();
+    assert_eq!(
+        never,
+        [
+            "deploy-web-prod 2 \"TB105\"",
+            "aws-web-identity 1 \"TB105\""
+        ]
+    );
+    let text = render_text(&rows);
+    let (admitting, apart) = text.split_once("\nrules that can never match:\n").unwrap();
+    assert_eq!(
+        admitting,
+        format!(
+            "role \"deploy-web-prod\" → {CAPPED}\n  rule 1 (line 12): project_id 4242 · branch main (protected) · env production\nrole \"read-only\" → arn:aws:iam::123456789012:role/token-broker-target-read-only (≤ 1800 s)\n  rule 1 (line 29): namespace_id 72 · any branch (protected) · env any\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        apart,
+        "  role \"deploy-web-prod\" rule 2 (line 19): never matches [TB105: GitLab issues no claim \"projectid\"; did you mean \"project_id\"?]\n  token \"aws-web-identity\" rule 1 (line 37): never matches [TB105: GitLab issues no claim \"pipeline_sorce\"; did you mean \"pipeline_source\"?]\n",
+        "{text}"
+    );
+}
+
+#[test]
+fn markdown_and_json_keep_the_rules_that_can_never_match_apart_too() {
+    let rows = access(&fixture());
+    let markdown = render_markdown(&rows);
+    let (table, apart) = markdown
+        .split_once("\n**Rules that can never match** (they admit no one):\n\n")
+        .unwrap();
+    assert_eq!(table.lines().count(), 2 + 2, "{markdown}");
+    assert!(!table.contains("projectid"), "{markdown}");
+    assert_eq!(apart.lines().count(), 2 + 2, "{markdown}");
+    assert!(
+        apart.contains("| role deploy-web-prod | 2 (line 19) | \\[TB105: GitLab issues no claim \"projectid\"; did you mean \"project\\_id\"?\\] |"),
+        "{markdown}"
+    );
+
+    let json = render_json(&rows);
+    let grants = |list: &str| -> Vec<String> {
+        json[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{} {}", r["grant"].as_str().unwrap(), r["rule"]))
+            .collect()
+    };
+    assert_eq!(grants("access"), ["deploy-web-prod 1", "read-only 1"]);
+    assert_eq!(
+        grants("never_matches"),
+        ["deploy-web-prod 2", "aws-web-identity 1"]
+    );
+    assert_eq!(json["never_matches"][0]["findings"][0]["lint"], "TB105");
+    assert_eq!(
+        json["never_matches"][1]["findings"][0]["reason"],
+        "GitLab issues no claim \"pipeline_sorce\"; did you mean \"pipeline_source\"?"
+    );
+}
+
+#[test]
+fn a_project_whose_only_rule_never_matches_is_told_nothing_admits_it_and_why() {
+    let rows = access_for(
+        &fixture(),
+        &Query {
+            project_id: "4343".into(),
+            git_ref: Some("main".into()),
+            environment: None,
+        },
+    );
+    // read-only's namespace rule is kept, on its condition; the rule meant for 4343 only apart.
+    let text = render_text(&rows);
+    assert!(text.starts_with("role \"read-only\""), "{text}");
+    let deploy: Vec<_> = rows
+        .into_iter()
+        .filter(|r| r.grant == "deploy-web-prod")
+        .collect();
+    assert_eq!(
+        render_text(&deploy),
+        "no role or token admits this\n\nrules that can never match:\n  role \"deploy-web-prod\" rule 2 (line 19): never matches [TB105: GitLab issues no claim \"projectid\"; did you mean \"project_id\"?]\n"
+    );
+}
+
+#[test]
+fn sessions_are_shown_as_long_as_role_chaining_lets_them_be_in_every_format() {
+    let rows = access(&fixture());
+    let gives = |grant: &str| {
+        rows.iter()
+            .find(|r| r.grant == grant)
+            .unwrap()
+            .gives
+            .clone()
+    };
+    // 2 h asked, 1 h given; 30 min asked and given; a token's lifetime is not a role session.
+    assert_eq!(gives("deploy-web-prod"), CAPPED);
+    assert_eq!(
+        gives("read-only"),
+        "arn:aws:iam::123456789012:role/token-broker-target-read-only (≤ 1800 s)"
+    );
+    assert_eq!(gives("aws-web-identity"), "aud sts.amazonaws.com (≤ 900 s)");
+    assert!(render_text(&rows).contains(CAPPED));
+    assert!(
+        render_markdown(&rows)
+            .contains(r"\(≤ 3600 s; asks 7200 s, capped at 1 h by role chaining\)"),
+        "{}",
+        render_markdown(&rows)
+    );
+    assert_eq!(render_json(&rows)["access"][0]["gives"], CAPPED);
+    // Exactly 1 h is no cap.
+    let example = access(&example());
+    assert!(
+        example[0].gives.ends_with("(≤ 3600 s)"),
+        "{}",
+        example[0].gives
+    );
 }
