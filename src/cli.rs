@@ -3,7 +3,6 @@
 //! `startup`, which the tests use too.
 
 pub mod lambda;
-pub mod policy;
 pub mod serve;
 
 use std::future::Future;
@@ -32,7 +31,7 @@ pub enum Command {
     /// Run as an AWS Lambda function (the default when AWS_LAMBDA_RUNTIME_API is set).
     Lambda(lambda::Args),
     /// Check, test and explain a policy file (no network, no AWS).
-    Policy(policy::Args),
+    Policy(token_broker_policy::cli::Args),
 }
 
 /// `--policy`, shared by the commands that run the broker.

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     match Cli::parse().command.or_else(cli::lambda::implied) {
         Some(Command::Serve(args)) => cli::serve::exec(args),
         Some(Command::Lambda(args)) => cli::lambda::exec(args),
-        Some(Command::Policy(args)) => cli::policy::exec(args),
+        Some(Command::Policy(args)) => token_broker_policy::cli::exec(args),
         None => cli::fail("no command given: try `token-broker serve --help`"),
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::{Report, load_or_exit};
-use crate::policy::access::{Query, access, access_for, render_json, render_markdown, render_text};
+use crate::access::{Query, access, access_for, render_json, render_markdown, render_text};
 
 /// Arguments of `policy access`.
 #[derive(clap::Args)]

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::{Report, cases_beside, load_or_exit, or_exit};
-use crate::policy::cases;
-use crate::policy::diff::{diff, render_json, render_markdown, render_text};
+use crate::cases;
+use crate::diff::{diff, render_json, render_markdown, render_text};
 
 /// Arguments of `policy diff`.
 #[derive(clap::Args)]

@@ -1,5 +1,5 @@
-//! `token-broker policy check|test|explain|diff|access`: the policy tooling a deploy pipeline
-//! and a merge request review run. Needs no network and no AWS; prints for people by default,
+//! `token-broker policy …` and `token-broker-policy …` (one code, two binaries): check, test,
+//! explain, diff and access, the policy tooling a deploy pipeline and a merge request review run. Needs no network and no AWS; prints for people by default,
 //! JSON for machines with `--format json`, and GitLab's report formats where GitLab reads them.
 
 mod access;
@@ -10,11 +10,11 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use crate::policy::cases;
-use crate::policy::explain::explain;
-use crate::policy::lint::{Finding, Severity, lint, render_human};
-use crate::policy::report::{code_quality, junit};
-use crate::policy::{Claims, Policy, PolicyError, load};
+use crate::cases;
+use crate::explain::explain;
+use crate::lint::{Finding, Severity, lint, render_human};
+use crate::report::{code_quality, junit};
+use crate::{Claims, Policy, PolicyError, load};
 
 /// Arguments of `policy`: which of its subcommands to run.
 #[derive(clap::Args)]
