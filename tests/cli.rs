@@ -182,7 +182,7 @@ fn the_build_bundles_a_policy_with_warnings_and_shows_them() {
         String::from_utf8_lossy(&output.stderr)
     );
     let warning = format!(
-        "cargo::warning={}:11: warning[TB109 role-chaining-cap] max_duration = \"4h\"",
+        "cargo::warning={}:9: warning[TB109 role-chaining-cap] max_duration = \"4h\"",
         fixture("TB109")
     );
     assert!(stdout(&output).contains(&warning), "{}", stdout(&output));

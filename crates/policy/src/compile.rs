@@ -232,7 +232,8 @@ fn compile_role(
         Some(d) => parse_duration(d.get_ref())
             .or_else(|e| error_at(d.span(), format!("max_duration: {e}")))?,
     };
-    let session_tags = compile_session_tags(&role.session_tags)?;
+    let tags = role.session_tags.as_ref();
+    let session_tags = compile_session_tags(tags.map_or(&[], |t| t.get_ref()))?;
     let session_policy = match &role.session_policy {
         None => None,
         Some(path) => {
@@ -248,7 +249,14 @@ fn compile_role(
         max_duration,
         session_tags,
         session_policy,
+        max_duration_line: key_line(role.max_duration.as_ref(), context),
+        session_tags_line: key_line(tags, context),
     })
+}
+
+/// The line of a role key's value, which TOML keeps on the key's own line; 0 when it is absent.
+fn key_line<T>(value: Option<&Spanned<T>>, context: &Context<'_>) -> usize {
+    value.map_or(0, |v| context.lines.line(v.span().start))
 }
 
 fn compile_rules(

@@ -120,8 +120,8 @@ pub(crate) struct RawIssuer {
 pub(crate) struct RawRole {
     pub arn: Spanned<String>,
     pub max_duration: Option<Spanned<String>>,
-    #[serde(default)]
-    pub session_tags: Vec<Spanned<String>>,
+    /// Spanned as a whole too, so lint findings about the tags can point at the key's line.
+    pub session_tags: Option<Spanned<Vec<Spanned<String>>>>,
     pub session_policy: Option<Spanned<String>>,
     pub token_uses: Option<Spanned<RawUses>>,
     #[serde(default)]

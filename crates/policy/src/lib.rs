@@ -5,8 +5,6 @@
 pub mod access;
 pub mod cases;
 pub mod claims;
-#[cfg(feature = "cli")]
-pub mod cli;
 mod compile;
 mod decide;
 pub mod diff;
@@ -129,6 +127,10 @@ pub struct Role {
     pub session_tags: Vec<String>,
     /// Minified JSON session policy that scopes the session down; default none.
     pub session_policy: Option<String>,
+    /// Line of `max_duration` in the policy file, where findings about it point; 0 when unset.
+    pub max_duration_line: usize,
+    /// Line of `session_tags`, where findings about the tags point; 0 when unset.
+    pub session_tags_line: usize,
 }
 
 /// A token the broker may re-issue, signed with its KMS key.

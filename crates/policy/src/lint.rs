@@ -39,7 +39,8 @@ pub struct Finding {
     pub grant: String,
     /// 1-based rule number, when the finding is about one rule.
     pub rule: Option<usize>,
-    /// Line in the policy file (the rule's, or the role's first rule's).
+    /// Line in the policy file: the rule's, or for a finding about a role's settings the line of
+    /// the key it is about (`session_tags`, `max_duration`).
     pub line: usize,
     pub message: String,
 }
@@ -140,6 +141,16 @@ fn finding(id: &'static str, grant: &Grant, rule: Option<&Rule>, message: String
     }
 }
 
+impl Finding {
+    /// At the line of the role key the finding is about, when the file has the key.
+    fn at(mut self, line: usize) -> Self {
+        if line > 0 {
+            self.line = line;
+        }
+        self
+    }
+}
+
 fn condition<'a>(rule: &'a Rule, claim: &str) -> Option<&'a Condition> {
     rule.conditions.iter().find(|c| c.claim == claim)
 }
@@ -197,14 +208,10 @@ fn match_everything(grant: &Grant, rule: &Rule, c: &Condition) -> Option<Finding
         .iter()
         .find(|p| identifying && p.matches_everything())?;
     let (n, claim, source) = (rule.number, &c.claim, pattern.source());
-    Some(finding(
-        "TB102",
-        grant,
-        Some(rule),
-        format!(
-            "rule {n}: {claim} = {source:?} is only wildcards: it names no value, so any {claim} of that shape matches"
-        ),
-    ))
+    let message = format!(
+        "rule {n}: {claim} = {source:?} is only wildcards: it names no value, so any {claim} of that shape matches"
+    );
+    Some(finding("TB102", grant, Some(rule), message))
 }
 
 /// Whether every claims set that satisfies `narrow` also satisfies `wide` (`policy diff` asks
@@ -261,14 +268,20 @@ fn lint_session_tags(role: &Role, findings: &mut Vec<Finding>) {
                     .iter()
                     .all(|r| condition(r, claim).is_some());
             if !required {
-                findings.push(finding("TB107", &role.grant, None, format!("session tag {claim:?}: some jobs' tokens have no {claim}, and their requests are denied; require it in every rule or drop the tag")));
+                let message = format!(
+                    "session tag {claim:?}: some jobs' tokens have no {claim}, and their requests are denied; require it in every rule or drop the tag"
+                );
+                findings.push(tag_finding("TB107", role, message));
             }
         }
         if FREE_FORM.contains(&claim.as_str()) {
             let pinned =
                 !role.grant.rules.is_empty() && role.grant.rules.iter().all(|r| pins(r, claim));
             if !pinned {
-                findings.push(finding("TB108", &role.grant, None, format!("session tag {claim:?}: its values may contain characters STS refuses in tags, and such requests are denied")));
+                let message = format!(
+                    "session tag {claim:?}: its values may contain characters STS refuses in tags, and such requests are denied"
+                );
+                findings.push(tag_finding("TB108", role, message));
             }
         }
     }
@@ -277,8 +290,16 @@ fn lint_session_tags(role: &Role, findings: &mut Vec<Finding>) {
 fn lint_role_chaining(role: &Role, findings: &mut Vec<Finding>) {
     if role.max_duration > ROLE_CHAINING_CAP {
         let asked = as_written(role.max_duration);
-        findings.push(finding("TB109", &role.grant, None, format!("max_duration = {asked:?}, but in Lambda every AssumeRole is role chaining, which STS caps at 1 h; sessions will be 1 h")));
+        let message = format!(
+            "max_duration = {asked:?}, but in Lambda every AssumeRole is role chaining, which STS caps at 1 h; sessions will be 1 h"
+        );
+        findings.push(finding("TB109", &role.grant, None, message).at(role.max_duration_line));
     }
+}
+
+/// A finding about one of `role`'s session tags, at the `session_tags` line.
+fn tag_finding(id: &'static str, role: &Role, message: String) -> Finding {
+    finding(id, &role.grant, None, message).at(role.session_tags_line)
 }
 
 /// A duration in the policy's own syntax (`"90m"`), so a message reads like the file.

@@ -215,3 +215,24 @@ fn check_and_the_build_render_a_finding_the_same_way() {
          crates/policy/tests/fixtures/lint/TB105.toml: 1 error(s), 0 warning(s)\n"
     );
 }
+
+#[test]
+fn role_findings_sit_on_the_line_of_the_key_they_are_about() {
+    // `session_tags` for TB107 and TB108, `max_duration` for TB109: not the first rule's line,
+    // where they sat before they had a line of their own.
+    for (id, line) in [("TB107", 10), ("TB108", 10), ("TB109", 9)] {
+        let found = findings(&format!("{id}.toml"))
+            .into_iter()
+            .find(|f| f.id == id)
+            .unwrap();
+        assert_eq!((found.rule, found.line), (None, line), "{id}");
+    }
+    let spread = fixture_text("TB108.toml").replace(
+        "session_tags = [\"ref\"]",
+        "session_tags = [\n  \"project_id\",\n  \"ref\",\n]",
+    );
+    let policy =
+        token_broker_policy::parse(Path::new("p.toml"), &spread, &|_| Err("none".into())).unwrap();
+    let tb108 = lint(&policy).into_iter().find(|f| f.id == "TB108").unwrap();
+    assert_eq!(tb108.line, 10, "the key's line, not the tag's");
+}
