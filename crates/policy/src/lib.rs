@@ -5,6 +5,8 @@
 pub mod access;
 pub mod cases;
 pub mod claims;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod compile;
 mod decide;
 pub mod diff;
