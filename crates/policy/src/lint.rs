@@ -2,6 +2,7 @@
 //! warnings are for a person to weigh (or `--deny-warnings`). Compile errors come first and stop
 //! before linting.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -39,6 +40,13 @@ pub struct Finding {
     pub grant: String,
     /// 1-based rule number, when the finding is about one rule.
     pub rule: Option<usize>,
+    /// What that rule says, in a canonical order (see [`rule_content`]); `None` for a finding
+    /// about a role's settings. Unlike `rule` and `line`, it survives rules being inserted or
+    /// moved, so a report can recognise the same finding across versions of the policy.
+    pub rule_content: Option<String>,
+    /// The claim the finding is about, when it is about one (TB102, TB105: a condition's claim;
+    /// TB107, TB108: a session tag's), so two findings of one lint on one rule stay apart.
+    pub subject: Option<String>,
     /// Line in the policy file: the rule's, or for a finding about a role's settings the line of
     /// the key it is about (`session_tags`, `max_duration`).
     pub line: usize,
@@ -136,12 +144,19 @@ fn finding(id: &'static str, grant: &Grant, rule: Option<&Rule>, message: String
         kind: grant.kind,
         grant: grant.name.clone(),
         rule: rule.map(|r| r.number),
+        rule_content: rule.map(rule_content),
+        subject: None,
         line,
         message,
     }
 }
 
 impl Finding {
+    fn about(mut self, claim: &str) -> Self {
+        self.subject = Some(claim.to_owned());
+        self
+    }
+
     /// At the line of the role key the finding is about, when the file has the key.
     fn at(mut self, line: usize) -> Self {
         if line > 0 {
@@ -149,6 +164,24 @@ impl Finding {
         }
         self
     }
+}
+
+/// A rule's issuer, conditions (claims sorted, each claim's patterns sorted) and
+/// `allow_path_only`, as one JSON text: the same for two rules that say the same thing,
+/// wherever they sit and in whatever order their conditions are written.
+pub fn rule_content(rule: &Rule) -> String {
+    let conditions: BTreeMap<&str, BTreeSet<&str>> = rule
+        .conditions
+        .iter()
+        .map(|c| {
+            (
+                c.claim.as_str(),
+                c.patterns.iter().map(Pattern::source).collect(),
+            )
+        })
+        .collect();
+    serde_json::to_string(&(&rule.issuer, conditions, rule.allow_path_only))
+        .expect("strings, a map of strings and a bool serialise")
 }
 
 fn condition<'a>(rule: &'a Rule, claim: &str) -> Option<&'a Condition> {
@@ -174,15 +207,18 @@ fn lint_rule(grant: &Grant, rule: &Rule, findings: &mut Vec<Finding>) {
         if !KNOWN_CLAIMS.contains(&c.claim.as_str()) {
             let hint = did_you_mean(&c.claim)
                 .map_or(String::new(), |known| format!("; did you mean {known:?}?"));
-            findings.push(finding(
-                "TB105",
-                grant,
-                Some(rule),
-                format!(
-                    "rule {n}: GitLab issues no claim {:?}, so the rule never matches{hint}",
-                    c.claim
-                ),
-            ));
+            findings.push(
+                finding(
+                    "TB105",
+                    grant,
+                    Some(rule),
+                    format!(
+                        "rule {n}: GitLab issues no claim {:?}, so the rule never matches{hint}",
+                        c.claim
+                    ),
+                )
+                .about(&c.claim),
+            );
         }
     }
     if !requires_true(rule, "ref_protected") && !requires_true(rule, "environment_protected") {
@@ -211,7 +247,7 @@ fn match_everything(grant: &Grant, rule: &Rule, c: &Condition) -> Option<Finding
     let message = format!(
         "rule {n}: {claim} = {source:?} is only wildcards: it names no value, so any {claim} of that shape matches"
     );
-    Some(finding("TB102", grant, Some(rule), message))
+    Some(finding("TB102", grant, Some(rule), message).about(claim))
 }
 
 /// Whether every claims set that satisfies `narrow` also satisfies `wide` (`policy diff` asks
@@ -271,7 +307,7 @@ fn lint_session_tags(role: &Role, findings: &mut Vec<Finding>) {
                 let message = format!(
                     "session tag {claim:?}: some jobs' tokens have no {claim}, and their requests are denied; require it in every rule or drop the tag"
                 );
-                findings.push(tag_finding("TB107", role, message));
+                findings.push(tag_finding("TB107", role, claim, message));
             }
         }
         if FREE_FORM.contains(&claim.as_str()) {
@@ -281,7 +317,7 @@ fn lint_session_tags(role: &Role, findings: &mut Vec<Finding>) {
                 let message = format!(
                     "session tag {claim:?}: its values may contain characters STS refuses in tags, and such requests are denied"
                 );
-                findings.push(tag_finding("TB108", role, message));
+                findings.push(tag_finding("TB108", role, claim, message));
             }
         }
     }
@@ -298,8 +334,10 @@ fn lint_role_chaining(role: &Role, findings: &mut Vec<Finding>) {
 }
 
 /// A finding about one of `role`'s session tags, at the `session_tags` line.
-fn tag_finding(id: &'static str, role: &Role, message: String) -> Finding {
-    finding(id, &role.grant, None, message).at(role.session_tags_line)
+fn tag_finding(id: &'static str, role: &Role, claim: &str, message: String) -> Finding {
+    finding(id, &role.grant, None, message)
+        .about(claim)
+        .at(role.session_tags_line)
 }
 
 /// A duration in the policy's own syntax (`"90m"`), so a message reads like the file.

@@ -1,7 +1,8 @@
 //! GitLab's report formats, so that a policy change is reviewed where reviewers look: lint
-//! findings as Code Quality JSON (the merge request widget and inline in the diff) and decision
-//! cases as JUnit XML (the test report widget).
+//! findings as Code Quality JSON (the merge request widget and inline in the diff), with the
+//! policy file named as GitLab names it, and decision cases as JUnit XML (the test report widget).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::{Value, json};
@@ -12,19 +13,25 @@ use crate::lint::{Finding, Severity};
 
 /// Findings (and a compile error, which stops linting) as GitLab Code Quality issues: CodeClimate
 /// JSON with `description`, `check_name` (the lint id), `severity`, `fingerprint` and
-/// `location.path` / `location.lines.begin`.
+/// `location.path` / `location.lines.begin`. `file` is the path as the report should name it:
+/// GitLab matches it against the repository's files, so pass [`repository_path`]'s answer.
+///
+/// A fingerprint is how GitLab tells a finding that is still there from one that is new or
+/// fixed, so it hashes what the finding is about and never where it is: the lint id, `file`,
+/// the role or token, the rule's content ([`Finding::rule_content`]) and the finding's subject,
+/// but not the rule's number, its line or the message (which names the number). Inserting,
+/// moving or reordering rules and roles leaves the other findings' fingerprints as they were.
 pub fn code_quality(
     file: &Path,
     findings: &[Finding],
     compile_error: Option<(usize, &str)>,
 ) -> Value {
     let path = file.display().to_string();
+    let mut seen: HashMap<String, usize> = HashMap::new();
     let mut issues: Vec<Value> = findings
         .iter()
         .map(|f| {
-            // The line is left out of the fingerprint: moving a rule is not a new finding.
-            let rule = f.rule.map(|r| r.to_string()).unwrap_or_default();
-            let fingerprint = fingerprint(&[f.id, &path, &f.kind.to_string(), &f.grant, &rule, &f.message]);
+            let fingerprint = unique(&mut seen, finding_fingerprint(&path, f));
             json!({
                 "description": format!("{} {:?}: {} [{} {}]", f.kind, f.grant, f.message, f.id, f.name),
                 "check_name": f.id,
@@ -38,6 +45,8 @@ pub fn code_quality(
         })
         .collect();
     if let Some((line, message)) = compile_error {
+        // The message says what is wrong, not where (that is `lines.begin`), so the issue keeps
+        // its fingerprint while edits above it move it.
         issues.push(json!({
             "description": format!("the policy does not compile: {message}"),
             "check_name": "compile",
@@ -47,6 +56,53 @@ pub fn code_quality(
         }));
     }
     Value::Array(issues)
+}
+
+fn finding_fingerprint(path: &str, f: &Finding) -> String {
+    fingerprint(&[
+        f.id,
+        path,
+        &f.kind.to_string(),
+        &f.grant,
+        f.rule_content.as_deref().unwrap_or_default(),
+        f.subject.as_deref().unwrap_or_default(),
+    ])
+}
+
+/// `print`, or for its second and later occurrences a hash of it and the count: GitLab needs
+/// every issue's fingerprint to differ, and identical rules (which TB106 reports) have identical
+/// findings. Counting in file order keeps the first occurrence's fingerprint as it was.
+fn unique(seen: &mut HashMap<String, usize>, print: String) -> String {
+    let count = seen.entry(print.clone()).or_insert(0);
+    *count += 1;
+    match *count {
+        1 => print,
+        n => fingerprint(&[&print, &n.to_string()]),
+    }
+}
+
+/// Where `file` sits in its Git repository, with `/` separators (`crates/x/policy.toml`), as
+/// GitLab names files in Code Quality reports: the nearest directory above the canonical `file`
+/// that holds a `.git` (a directory, or a file in a worktree) is the root. The path as given when
+/// `file` does not exist, is in no repository or is not UTF-8. Reads the file system, unlike the
+/// rest of this module, so a caller runs it once for the file it reports on.
+pub fn repository_path(file: &Path) -> String {
+    relative_to_repository(file).unwrap_or_else(|| file.display().to_string())
+}
+
+fn relative_to_repository(file: &Path) -> Option<String> {
+    let file = file.canonicalize().ok()?;
+    let root = file
+        .ancestors()
+        .skip(1)
+        .find(|dir| dir.join(".git").exists())?;
+    let parts = file
+        .strip_prefix(root)
+        .ok()?
+        .components()
+        .map(|part| part.as_os_str().to_str())
+        .collect::<Option<Vec<_>>>()?;
+    Some(parts.join("/"))
 }
 
 /// 128 bits of FNV-1a over the parts, as hex: stable across runs and machines, which is all
@@ -136,4 +192,20 @@ pub(crate) fn markdown_cell(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_fingerprint_is_made_distinct_and_the_first_keeps_its_own() {
+        let mut seen = HashMap::new();
+        let prints: Vec<String> = ["a", "b", "a", "a"]
+            .into_iter()
+            .map(|p| unique(&mut seen, p.to_owned()))
+            .collect();
+        assert_eq!((prints[0].as_str(), prints[1].as_str()), ("a", "b"));
+        assert!(prints[2] != "a" && prints[3] != "a" && prints[2] != prints[3]);
+    }
 }

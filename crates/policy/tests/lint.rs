@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use token_broker_policy::lint::{LINTS, Severity, lint, render_human};
+use token_broker_policy::lint::{LINTS, Severity, lint, render_human, rule_content};
 
 fn findings(fixture: &str) -> Vec<token_broker_policy::lint::Finding> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -235,4 +235,39 @@ fn role_findings_sit_on_the_line_of_the_key_they_are_about() {
         token_broker_policy::parse(Path::new("p.toml"), &spread, &|_| Err("none".into())).unwrap();
     let tb108 = lint(&policy).into_iter().find(|f| f.id == "TB108").unwrap();
     assert_eq!(tb108.line, 10, "the key's line, not the tag's");
+}
+
+#[test]
+fn rule_content_ignores_the_order_conditions_and_patterns_are_written_in() {
+    let content = |rule: &str| {
+        let text = with_condition(rule);
+        let policy =
+            token_broker_policy::parse(Path::new("p.toml"), &text, &|_| Err("none".into()))
+                .unwrap();
+        rule_content(&policy.roles[0].grant.rules[0])
+    };
+    let cases = [
+        (r#"ref = ["main", "v*"]"#, r#"ref = ["v*", "main"]"#, true),
+        (r#"ref = ["main", "v*"]"#, r#"ref = ["main"]"#, false),
+        (
+            r#"ref = "main""#,
+            "ref = \"main\"\nallow_path_only = true",
+            false,
+        ),
+        (r#"ref = "main""#, r#"environment = "main""#, false),
+    ];
+    for (a, b, same) in cases {
+        assert_eq!(content(a) == content(b), same, "{a} / {b}");
+    }
+    let reordered = with_condition(r#"ref = "main""#).replace(
+        "namespace_id = \"72\"\nref_type = \"branch\"\n",
+        "ref_type = \"branch\"\nnamespace_id = \"72\"\n",
+    );
+    let policy =
+        token_broker_policy::parse(Path::new("p.toml"), &reordered, &|_| Err("none".into()))
+            .unwrap();
+    assert_eq!(
+        rule_content(&policy.roles[0].grant.rules[0]),
+        content(r#"ref = "main""#)
+    );
 }

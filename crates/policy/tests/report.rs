@@ -1,12 +1,14 @@
 //! GitLab's report formats: Code Quality issues carry every field GitLab documents, with
-//! fingerprints that are stable and distinct; JUnit XML escapes what a case name can hold.
+//! fingerprints that are stable and distinct and follow a finding's content, not its place; JUnit
+//! XML escapes what a case name can hold.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use token_broker_policy::Claims;
 use token_broker_policy::cases::{CaseFailure, CaseRun, Outcome};
 use token_broker_policy::lint::lint;
-use token_broker_policy::report::{code_quality, junit};
+use token_broker_policy::report::{code_quality, junit, repository_path};
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -116,4 +118,215 @@ fn junit_keeps_cases_apart_that_share_a_name() {
         xml.contains(r#"<testcase classname="policy.tests.toml" name="same name"/>"#),
         "the passing case stays a pass: {xml}"
     );
+}
+
+/// A policy of two roles whose rules draw findings; `rules` are `deploy`'s `[[…allow]]` bodies,
+/// in order, and `build_first` puts the `build` role above `deploy` in the file.
+fn two_roles(rules: &[&str], build_first: bool) -> String {
+    let deploy: String = std::iter::once(
+        "[role.deploy]\narn = \"arn:aws:iam::123456789012:role/deploy\"\nsession_tags = [\"ref\"]\n\n"
+            .to_owned(),
+    )
+    .chain(rules.iter().map(|r| format!("[[role.deploy.allow]]\n{r}\n\n")))
+    .collect();
+    let build = "[role.build]\narn = \"arn:aws:iam::123456789012:role/build\"\n\
+                 max_duration = \"2h\"\n\n[[role.build.allow]]\nproject_path = \"acme/*\"\n\n";
+    let (first, second) = if build_first {
+        (build, deploy.as_str())
+    } else {
+        (deploy.as_str(), build)
+    };
+    format!(
+        "audience = \"a\"\n\n[[issuer]]\nurl = \"https://gitlab.example.com\"\n\n{first}{second}"
+    )
+}
+
+const UNPROTECTED: &str = "project_id = \"4242\"\nref_type = \"branch\"\nref = \"main\"";
+const TYPOS: &str = "namespace_id = \"72\"\nrefprotected = \"true\"\nenviroment = \"prod\"\nref = \"*\"\nproject_path = \"*/*\"";
+/// `UNPROTECTED` with its conditions in another order.
+const UNPROTECTED_REORDERED: &str = "ref = \"main\"\nref_type = \"branch\"\nproject_id = \"4242\"";
+
+/// Each finding's fingerprint, keyed by what the finding says apart from rule numbers and lines.
+fn prints(text: &str) -> Vec<(String, usize, String)> {
+    let policy =
+        token_broker_policy::parse(Path::new("policy.toml"), text, &|_| Err("none".into()))
+            .unwrap();
+    let findings = lint(&policy);
+    let report = code_quality(Path::new("policy.toml"), &findings, None);
+    findings
+        .iter()
+        .zip(report.as_array().unwrap())
+        .map(|(f, issue)| {
+            let print = issue["fingerprint"].as_str().unwrap().to_owned();
+            (
+                print,
+                f.line,
+                format!("{} {} {:?}", f.id, f.grant, f.subject),
+            )
+        })
+        .collect()
+}
+
+fn fingerprint_set(prints: &[(String, usize, String)]) -> BTreeSet<&str> {
+    prints.iter().map(|(print, ..)| print.as_str()).collect()
+}
+
+#[test]
+fn fingerprints_survive_a_rule_inserted_above() {
+    let before = prints(&two_roles(&[UNPROTECTED, TYPOS], false));
+    let inserted = "namespace_id = \"99\"\nref = \"main\"";
+    let after = prints(&two_roles(&[inserted, UNPROTECTED, TYPOS], false));
+    let (old, new) = (fingerprint_set(&before), fingerprint_set(&after));
+    assert!(old.is_subset(&new), "{before:#?}\n{after:#?}");
+    // The inserted rule draws TB103 and TB104 of its own, and nothing kept its line.
+    assert_eq!(new.len(), old.len() + 2, "{after:#?}");
+    let moved = |(print, line, _): &(String, usize, String)| {
+        after.iter().any(|(p, l, _)| p == print && l != line)
+    };
+    assert!(
+        before.iter().filter(|f| f.1 > 10).all(moved),
+        "{before:#?}\n{after:#?}"
+    );
+}
+
+#[test]
+fn fingerprints_survive_rules_reordered_and_roles_moved() {
+    let before = prints(&two_roles(&[UNPROTECTED, TYPOS], false));
+    for (what, text) in [
+        ("rules swapped", two_roles(&[TYPOS, UNPROTECTED], false)),
+        ("roles moved", two_roles(&[UNPROTECTED, TYPOS], true)),
+        (
+            "conditions reordered",
+            two_roles(&[UNPROTECTED_REORDERED, TYPOS], false),
+        ),
+    ] {
+        let after = prints(&text);
+        assert_eq!(
+            fingerprint_set(&before),
+            fingerprint_set(&after),
+            "{what}:\n{before:#?}\n{after:#?}"
+        );
+        let lines = |p: &[(String, usize, String)]| p.iter().map(|f| f.1).collect::<Vec<_>>();
+        if what != "conditions reordered" {
+            assert_ne!(lines(&before), lines(&after), "{what} moved nothing");
+        }
+    }
+}
+
+#[test]
+fn fingerprints_tell_apart_findings_of_one_lint_on_different_rules_or_claims() {
+    // TB103 on both rules; TB105 twice and TB102 twice on the second.
+    let found = prints(&two_roles(&[UNPROTECTED, TYPOS], false));
+    let count = |id: &str| found.iter().filter(|f| f.2.starts_with(id)).count();
+    assert_eq!(
+        (count("TB103 deploy"), count("TB105"), count("TB102")),
+        (2, 2, 2)
+    );
+    assert_eq!(fingerprint_set(&found).len(), found.len(), "{found:#?}");
+}
+
+#[test]
+fn identical_rules_still_get_distinct_fingerprints_and_the_first_keeps_its_own() {
+    let once = prints(&two_roles(&[UNPROTECTED], false));
+    let thrice = prints(&two_roles(&[UNPROTECTED, UNPROTECTED, UNPROTECTED], false));
+    assert_eq!(fingerprint_set(&thrice).len(), thrice.len(), "{thrice:#?}");
+    assert!(
+        fingerprint_set(&once).is_subset(&fingerprint_set(&thrice)),
+        "{once:#?}\n{thrice:#?}"
+    );
+}
+
+#[test]
+fn a_compile_error_keeps_its_fingerprint_when_its_line_moves() {
+    let at = |line| {
+        code_quality(
+            Path::new("policy.toml"),
+            &[],
+            Some((line, "unknown key `arm`")),
+        )
+    };
+    assert_eq!(at(7)[0]["fingerprint"], at(12)[0]["fingerprint"]);
+    assert_eq!(at(12)[0]["location"]["lines"]["begin"], 12);
+    let other = code_quality(Path::new("policy.toml"), &[], Some((7, "unknown key `ar`")));
+    assert_ne!(at(7)[0]["fingerprint"], other[0]["fingerprint"]);
+}
+
+#[test]
+fn role_findings_point_at_the_key_they_are_about() {
+    // `ref = "*"` pins no ref, so the `ref` session tag draws TB108.
+    let text = two_roles(&[TYPOS], false);
+    let line_of = |key: &str| text.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+    let policy =
+        token_broker_policy::parse(Path::new("policy.toml"), &text, &|_| Err("none".into()))
+            .unwrap();
+    let findings = lint(&policy);
+    let line = |id: &str| findings.iter().find(|f| f.id == id).map(|f| f.line);
+    assert_eq!(
+        line("TB108"),
+        Some(line_of("session_tags")),
+        "{findings:#?}"
+    );
+    assert_eq!(
+        line("TB109"),
+        Some(line_of("max_duration")),
+        "{findings:#?}"
+    );
+    let report = code_quality(Path::new("policy.toml"), &findings, None);
+    let tb109 = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["check_name"] == "TB109")
+        .unwrap();
+    assert_eq!(tb109["location"]["lines"]["begin"], line_of("max_duration"));
+}
+
+/// A directory under the system's temporary one, removed when dropped (the crate has no
+/// `tempfile`, and these tests need only a few files).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("tb-report-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn write(&self, relative: &str, text: &str) -> PathBuf {
+        let path = self.0.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn repository_path_is_relative_to_the_nearest_git_root_with_slashes() {
+    let scratch = Scratch::new("repo");
+    std::fs::create_dir_all(scratch.0.join(".git")).unwrap();
+    let policy = scratch.write("deploy/prod/policy.toml", "");
+    assert_eq!(repository_path(&policy), "deploy/prod/policy.toml");
+    let roundabout = scratch.0.join("deploy/../deploy/prod/./policy.toml");
+    assert_eq!(repository_path(&roundabout), "deploy/prod/policy.toml");
+
+    // A submodule or worktree has a `.git` file, and is the nearer root.
+    scratch.write("deploy/.git", "gitdir: ../.git/modules/deploy\n");
+    assert_eq!(repository_path(&policy), "prod/policy.toml");
+}
+
+#[test]
+fn repository_path_falls_back_to_the_path_as_given() {
+    let scratch = Scratch::new("norepo");
+    let outside = scratch.write("policy.toml", "");
+    let missing = Path::new("no/such/dir/policy.toml");
+    assert_eq!(repository_path(missing), "no/such/dir/policy.toml");
+    // The system's temporary directory is in no repository (were it, this would name its path).
+    assert_eq!(repository_path(&outside), outside.display().to_string());
 }
