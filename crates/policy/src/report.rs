@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::cases::Outcome;
+use crate::cases::{CaseFailure, Outcome};
 use crate::explain::Explanation;
 use crate::lint::{Finding, Severity};
 
@@ -126,35 +126,45 @@ fn fingerprint(parts: &[&str]) -> String {
 }
 
 /// The decision cases as JUnit XML: one `testcase` per case, a failing one with its problem as
-/// the failure message and the decision trace as its text.
+/// the failure message and as the start of its text, then a blank line and the decision trace.
+/// Valid against the JUnit 10 schema pytest ships (`tests/fixtures/junit-10.xsd`), which
+/// requires `errors` on `testsuite`: no case can error (a cases file that does not run is
+/// refused before any XML is written), so it is always 0, as is `skipped`.
 pub fn junit(cases_file: &Path, outcome: &Outcome) -> String {
-    let suite = cases_file.display().to_string();
+    let suite = xml(&cases_file.display().to_string());
     let (tests, failures) = (outcome.cases.len(), outcome.cases.len() - outcome.passed());
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     out.push_str(&format!(
-        "<testsuites tests=\"{tests}\" failures=\"{failures}\">\n  <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\">\n",
-        xml(&suite)
+        "<testsuites tests=\"{tests}\" failures=\"{failures}\" errors=\"0\">\n  \
+         <testsuite name=\"{suite}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\">\n",
     ));
     for case in &outcome.cases {
         out.push_str(&format!(
-            "    <testcase classname=\"{}\" name=\"{}\"",
-            xml(&suite),
+            "    <testcase classname=\"{suite}\" name=\"{}\"",
             xml(&case.name)
         ));
         match &case.failure {
             None => out.push_str("/>\n"),
-            Some(failure) => {
-                let trace: String = failure.trace.iter().map(Explanation::to_string).collect();
-                out.push_str(&format!(
-                    ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
-                    xml(&failure.problem),
-                    xml(&trace)
-                ));
-            }
+            Some(failure) => out.push_str(&format!(
+                ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
+                xml(&failure.problem),
+                xml(&failure_text(failure))
+            )),
         }
     }
     out.push_str("  </testsuite>\n</testsuites>\n");
     out
+}
+
+/// What GitLab shows when a failed case is opened: the problem first, as `policy test` prints
+/// it, so the trace below reads as its evidence.
+fn failure_text(failure: &CaseFailure) -> String {
+    let trace: String = failure.trace.iter().map(Explanation::to_string).collect();
+    if trace.is_empty() {
+        failure.problem.clone()
+    } else {
+        format!("{}\n\n{trace}", failure.problem)
+    }
 }
 
 /// Text safe inside an XML attribute or element; characters XML 1.0 cannot hold are dropped.
@@ -207,5 +217,14 @@ mod tests {
             .collect();
         assert_eq!((prints[0].as_str(), prints[1].as_str()), ("a", "b"));
         assert!(prints[2] != "a" && prints[3] != "a" && prints[2] != prints[3]);
+    }
+
+    #[test]
+    fn a_failure_without_a_trace_is_only_its_problem() {
+        let failure = CaseFailure {
+            problem: "expected allow, but: no role \"x\"".into(),
+            trace: Vec::new(),
+        };
+        assert_eq!(failure_text(&failure), failure.problem);
     }
 }

@@ -1,12 +1,14 @@
 //! GitLab's report formats: Code Quality issues carry every field GitLab documents, with
 //! fingerprints that are stable and distinct and follow a finding's content, not its place; JUnit
-//! XML escapes what a case name can hold.
+//! XML escapes what a case name can hold and is valid against the JUnit schema pytest ships.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use token_broker_policy::Claims;
-use token_broker_policy::cases::{CaseFailure, CaseRun, Outcome};
+use token_broker_policy::cases::{self, CaseFailure, CaseRun, Outcome};
 use token_broker_policy::lint::lint;
 use token_broker_policy::report::{code_quality, junit, repository_path};
 
@@ -82,7 +84,7 @@ fn junit_lists_every_case_and_escapes_names_and_traces() {
     };
     let xml = junit(Path::new("policy.tests.toml"), &outcome);
     assert!(
-        xml.contains(r#"<testsuite name="policy.tests.toml" tests="2" failures="1">"#),
+        xml.contains(r#"<testsuite name="policy.tests.toml" tests="2" failures="1" errors="0""#),
         "{xml}"
     );
     assert!(
@@ -329,4 +331,116 @@ fn repository_path_falls_back_to_the_path_as_given() {
     assert_eq!(repository_path(missing), "no/such/dir/policy.toml");
     // The system's temporary directory is in no repository (were it, this would name its path).
     assert_eq!(repository_path(&outside), outside.display().to_string());
+}
+
+/// The outcome of running `cases` against a policy with one role, `deploy`, whose rule 1
+/// allows `main` of project 4242.
+fn run_cases(scratch: &Scratch, cases: &str) -> (PathBuf, Outcome) {
+    let policy = scratch.write(
+        "policy.toml",
+        "audience = \"a\"\n[[issuer]]\nurl = \"https://gitlab.example.com\"\n\
+         [role.deploy]\narn = \"arn:aws:iam::123456789012:role/deploy\"\n\
+         [[role.deploy.allow]]\nproject_id = \"4242\"\nref = \"main\"\n",
+    );
+    let cases_file = scratch.write("policy.tests.toml", cases);
+    let policy = token_broker_policy::load(&policy).unwrap();
+    let outcome = cases::run(&policy, &cases_file).unwrap();
+    (cases_file, outcome)
+}
+
+const CASES: &str = r#"
+[[case]]
+name = "main <deploys> & \"is\" allowed"
+role = "deploy"
+claims = { project_id = "4242", ref = "main" }
+expect = "allow"
+
+[[case]]
+name = "main is denied (wrong on purpose) <&>"
+role = "deploy"
+claims = { project_id = "4242", ref = "main" }
+expect = "deny"
+"#;
+
+#[test]
+fn junit_says_no_case_errored_and_puts_the_problem_before_the_trace() {
+    let scratch = Scratch::new("junit-order");
+    let (cases_file, outcome) = run_cases(&scratch, CASES);
+    let xml = junit(&cases_file, &outcome);
+    assert!(
+        xml.contains(r#"<testsuites tests="2" failures="1" errors="0">"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#" tests="2" failures="1" errors="0" skipped="0">"#),
+        "{xml}"
+    );
+    let text = xml
+        .split_once("<failure ")
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .and_then(|(_, rest)| rest.split_once("</failure>"))
+        .map(|(text, _)| text)
+        .unwrap();
+    let (problem, trace) = text
+        .split_once("\n\n")
+        .expect("a blank line after the problem");
+    assert_eq!(problem, "expected deny, but rule 1 allows");
+    assert!(
+        trace.starts_with("role &quot;deploy&quot;: ALLOW (rule 1)\n  rule 1 (line "),
+        "{trace}"
+    );
+}
+
+/// `xml` checked against pytest's JUnit 10 schema by xmllint (Debian's libxml2-utils, which
+/// `scripts/apt-tools.sh` installs): a real validator, not our reading of the schema.
+fn validate_junit(xml: &str) -> Result<(), String> {
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/junit-10.xsd");
+    let mut child = Command::new("xmllint")
+        .arg("--noout")
+        .arg("--schema")
+        .arg(&schema)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run xmllint ({e}): install libxml2-utils (scripts/apt-tools.sh does); \
+                 this test validates JUnit output against the schema and is not skipped"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(xml.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    match output.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
+    }
+}
+
+#[test]
+fn junit_is_valid_against_the_junit_10_schema() {
+    let scratch = Scratch::new("junit-xsd");
+    let (cases_file, outcome) = run_cases(&scratch, CASES);
+    assert_eq!((outcome.cases.len(), outcome.passed()), (2, 1));
+    let xml = junit(&cases_file, &outcome);
+    validate_junit(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
+
+    let passing = run_cases(&scratch, &CASES[..CASES.rfind("[[case]]").unwrap()]);
+    let xml = junit(&passing.0, &passing.1);
+    validate_junit(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
+}
+
+#[test]
+fn the_schema_check_can_fail() {
+    // Without `errors`, which the schema requires of a testsuite: proves xmllint is not
+    // accepting everything.
+    let xml = "<testsuites><testsuite name=\"s\" tests=\"0\" failures=\"0\"/></testsuites>";
+    let error = validate_junit(xml).unwrap_err();
+    assert!(error.contains("errors"), "{error}");
 }
