@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::cases;
 use crate::explain::explain;
 use crate::lint::{Finding, Severity, lint, render_human};
-use crate::report::{code_quality, junit};
+use crate::report::{code_quality, junit, junit_error, repository_path};
 use crate::{Claims, Policy, PolicyError, load};
 
 /// Arguments of `policy`: which of its subcommands to run.
@@ -134,7 +134,12 @@ fn check(file: &Path, format: Format, deny_warnings: bool) -> ExitCode {
         Format::Human => print!("{}", check_human(file, &findings, message.as_deref())),
         Format::Codequality => {
             let compile_error = compile_error.as_ref().map(|e| (e.line, e.message.as_str()));
-            println!("{}", code_quality(file, &findings, compile_error));
+            // Paths as GitLab shows them in the merge request: from the repository's root.
+            let path = repository_path(file);
+            println!(
+                "{}",
+                code_quality(Path::new(&path), &findings, compile_error)
+            );
         }
     }
     let failed = compile_error.is_some() || errors > 0 || (deny_warnings && warnings > 0);
@@ -176,9 +181,37 @@ fn check_human(file: &Path, findings: &[Finding], compile_error: Option<&str>) -
 /// writes them as JUnit XML to `junit_file` when asked.
 fn test(file: &Path, cases_file: Option<PathBuf>, junit_file: Option<&Path>) -> ExitCode {
     let cases_file = cases_file.unwrap_or_else(|| cases_beside(file));
-    let outcome = match load_or_exit(file).and_then(|p| or_exit(cases::run(&p, &cases_file))) {
+    let loaded = load(file)
+        .map_err(|e| {
+            (
+                "the policy compiles",
+                "the policy does not compile",
+                e.to_string(),
+            )
+        })
+        .and_then(|p| {
+            cases::run(&p, &cases_file).map_err(|e| {
+                (
+                    "the decision cases load",
+                    "the decision cases do not load",
+                    e,
+                )
+            })
+        });
+    let outcome = match loaded {
         Ok(outcome) => outcome,
-        Err(code) => return code,
+        Err((case, problem, reason)) => {
+            eprintln!("error: {reason}");
+            // The report GitLab shows still says why: a policy that does not compile is when
+            // the merge request most needs one.
+            if let Some(path) = junit_file {
+                let report = junit_error(&cases_file, case, &format!("{problem}: {reason}"));
+                if let Err(error) = std::fs::write(path, report) {
+                    eprintln!("error: {}: {error}", path.display());
+                }
+            }
+            return ExitCode::FAILURE;
+        }
     };
     for (name, failure) in outcome.failures() {
         println!("FAIL {name:?}: {}", failure.problem);

@@ -156,6 +156,23 @@ pub fn junit(cases_file: &Path, outcome: &Outcome) -> String {
     out
 }
 
+/// The decision cases' report when they cannot run at all (the policy does not compile, the
+/// cases file does not load): one `testcase` named for what failed, with the reason as its
+/// `error`, so the merge request's test report shows why instead of nothing.
+pub fn junit_error(cases_file: &Path, what: &str, reason: &str) -> String {
+    let suite = xml(&cases_file.display().to_string());
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <testsuites tests=\"1\" failures=\"0\" errors=\"1\">\n  \
+         <testsuite name=\"{suite}\" tests=\"1\" failures=\"0\" errors=\"1\" skipped=\"0\">\n    \
+         <testcase classname=\"{suite}\" name=\"{}\">\n      <error message=\"{}\">{}</error>\n    </testcase>\n  \
+         </testsuite>\n</testsuites>\n",
+        xml(what),
+        xml(reason),
+        xml(reason)
+    )
+}
+
 /// What GitLab shows when a failed case is opened: the problem first, as `policy test` prints
 /// it, so the trace below reads as its evidence.
 fn failure_text(failure: &CaseFailure) -> String {
