@@ -157,15 +157,16 @@ pub fn junit(cases_file: &Path, outcome: &Outcome) -> String {
 }
 
 /// The decision cases' report when they cannot run at all (the policy does not compile, the
-/// cases file does not load): one `testcase` named for what failed, with the reason as its
-/// `error`, so the merge request's test report shows why instead of nothing.
+/// cases file does not load): one failed `testcase` named for what failed, with the reason as
+/// its message and text, so the merge request's test report shows why instead of nothing. A
+/// `failure`, not an `error`: the JUnit 10 schema has no `error` element in a `testcase`.
 pub fn junit_error(cases_file: &Path, what: &str, reason: &str) -> String {
     let suite = xml(&cases_file.display().to_string());
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
-         <testsuites tests=\"1\" failures=\"0\" errors=\"1\">\n  \
-         <testsuite name=\"{suite}\" tests=\"1\" failures=\"0\" errors=\"1\" skipped=\"0\">\n    \
-         <testcase classname=\"{suite}\" name=\"{}\">\n      <error message=\"{}\">{}</error>\n    </testcase>\n  \
+         <testsuites tests=\"1\" failures=\"1\" errors=\"0\">\n  \
+         <testsuite name=\"{suite}\" tests=\"1\" failures=\"1\" errors=\"0\" skipped=\"0\">\n    \
+         <testcase classname=\"{suite}\" name=\"{}\">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n  \
          </testsuite>\n</testsuites>\n",
         xml(what),
         xml(reason),

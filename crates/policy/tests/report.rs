@@ -446,15 +446,15 @@ fn the_schema_check_can_fail() {
 }
 
 #[test]
-fn cases_that_cannot_run_are_one_errored_case_valid_against_the_junit_10_schema() {
+fn cases_that_cannot_run_are_one_failed_case_valid_against_the_junit_10_schema() {
     let xml = token_broker_policy::report::junit_error(
         Path::new("policy.tests.toml"),
         "the policy compiles",
         "the policy does not compile: policy.toml:3:7: role \"x\": `arn` must be a string <&>",
     );
-    assert!(xml.contains(r#"errors="1""#), "{xml}");
+    assert!(xml.contains(r#"failures="1""#), "{xml}");
     assert!(
-        xml.contains("<error message=\"the policy does not compile: policy.toml:3:7"),
+        xml.contains("<failure message=\"the policy does not compile: policy.toml:3:7"),
         "{xml}"
     );
     assert!(xml.contains("&lt;&amp;&gt;"), "{xml}");
