@@ -10,11 +10,16 @@
 # only when a missing package has no install candidate yet.
 set -euo pipefail
 
-packages=(busybox-static dash jq curl libxml2-utils)
+packages=(busybox-static dash jq curl libxml2-utils rsync git)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
 done
+# gitlab-ci-local (scripts/node-tools.sh) runs on Node.js with npm; a machine that has a Node.js
+# of its own (not from Debian's package) keeps it.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
 # scripts/tools.sh makes its venv with `python3 -m venv`; Debian's own python3 needs
 # python3-venv for that (a pyenv or distro-independent Python brings its own).
 if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then

@@ -6,6 +6,7 @@ mod credentials;
 mod fail_safe;
 mod faults;
 mod helpers;
+mod gitlab_ci;
 mod job_scripts;
 mod lambda;
 mod metrics;
