@@ -478,130 +478,6 @@ fn access_lists_who_can_get_what_and_one_projects_view() {
     assert!(String::from_utf8_lossy(&orphan.stderr).contains("--project"));
 }
 
-/// The step of `examples/gitlab-ci/broker.yml`'s `policy-diff` job that posts the delta as a
-/// merge request note, as GitLab runs it (`bash -e`), against a stand-in GitLab API answering
-/// `status`: the request it got (request line, headers, body) and the step's outcome.
-fn post_note(status: &str, token: Option<&str>) -> (Option<String>, Output) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let pipeline: serde_yaml::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(root().join("examples/gitlab-ci/broker.yml")).unwrap(),
-    )
-    .unwrap();
-    let step = pipeline["policy-diff"]["script"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(|line| line.as_str())
-        .find(|line| line.contains("POLICY_REVIEW_TOKEN"))
-        .expect("the note step")
-        .to_owned();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("policy-access-changes.md"),
-        "### Policy access changes\n\n| a | \"b\" |\n",
-    )
-    .unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let status = status.to_owned();
-    let expect_call = token.is_some();
-    let server = std::thread::spawn(move || {
-        listener.set_nonblocking(true).expect("nonblocking");
-        // Without a token the step must not call at all: wait long enough to see it would.
-        let wait = if expect_call { 10 } else { 2 };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
-        let (stream, _) = loop {
-            match listener.accept() {
-                Ok(accepted) => break accepted,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-                Err(_) => return None,
-            }
-        };
-        stream.set_nonblocking(false).unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut head = String::new();
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = value.trim().parse().unwrap();
-            }
-            head.push_str(&line);
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        let answer = format!(r#"{{"message":"{status} from the stand-in"}}"#);
-        write!(
-            &stream,
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-            answer.len()
-        )
-        .unwrap();
-        Some(head + &String::from_utf8(body).unwrap())
-    });
-    let mut command = Command::new("bash");
-    command
-        .args(["-e", "-c", &step])
-        .current_dir(dir.path())
-        .env("CI_API_V4_URL", format!("http://127.0.0.1:{port}/api/v4"))
-        .env("CI_PROJECT_ID", "7")
-        .env("CI_MERGE_REQUEST_IID", "3")
-        .env_remove("POLICY_REVIEW_TOKEN");
-    if let Some(token) = token {
-        command.env("POLICY_REVIEW_TOKEN", token);
-    }
-    let output = command.output().unwrap();
-    (server.join().unwrap(), output)
-}
-
-#[test]
-fn the_pipeline_posts_the_delta_as_a_note_and_fails_when_gitlab_refuses() {
-    let (request, output) = post_note("201 Created", Some("glpat-review"));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let request = request.expect("a request");
-    assert!(
-        request.starts_with("POST /api/v4/projects/7/merge_requests/3/notes HTTP/1.1\r\n"),
-        "{request}"
-    );
-    assert!(
-        request
-            .to_ascii_lowercase()
-            .contains("private-token: glpat-review"),
-        "{request}"
-    );
-    let body: serde_json::Value =
-        serde_json::from_str(request.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert_eq!(body["body"], "### Policy access changes\n\n| a | \"b\" |\n");
-
-    let (_, refused) = post_note("403 Forbidden", Some("glpat-expired"));
-    assert!(
-        !refused.status.success(),
-        "a refused note must fail the job"
-    );
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("403 Forbidden from the stand-in"),
-        "GitLab's answer is shown: {}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
-
-    let (request, skipped) = post_note("201 Created", None);
-    assert!(
-        skipped.status.success(),
-        "without a token the note is skipped"
-    );
-    assert_eq!(request, None, "without a token nothing is posted");
-}
-
 /// Behind an egress proxy the broker's one HTTP client sends HTTPS through `HTTPS_PROXY`: the
 /// JWKS fetch at start is a `CONNECT` to the proxy (the issuer's host is never resolved here, so
 /// only the proxy could have been asked). Plain HTTP never is, `HTTP_PROXY` or not: with no
@@ -672,5 +548,89 @@ project_id = "1"
             .iter()
             .all(|line| line.starts_with("CONNECT gitlab.invalid:443 ")),
         "only the JWKS went through the proxy: {lines:?}"
+    );
+}
+
+/// README.md's console samples (blocks of `$ token-broker …` lines, each followed by what it
+/// prints and, when it fails, `(exit N)`), run against the built binary from the repository's
+/// root: every line of output and the exit status as the README shows them, so the samples
+/// cannot drift from what the tools print.
+#[test]
+fn the_readme_console_samples_are_what_the_binary_prints() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut samples: Vec<(String, String, i32)> = Vec::new();
+    let (mut in_block, mut in_sample) = (false, false);
+    for line in readme.lines() {
+        if line.trim_start().starts_with("```") {
+            in_block = !in_block;
+            in_sample = false;
+            continue;
+        }
+        if !in_block {
+            continue;
+        }
+        if let Some(command) = line.strip_prefix("$ token-broker ") {
+            samples.push((command.to_owned(), String::new(), 0));
+            in_sample = true;
+        } else if in_sample && let Some(last) = samples.last_mut() {
+            match line
+                .strip_prefix("(exit ")
+                .and_then(|rest| rest.strip_suffix(')'))
+            {
+                Some(code) => last.2 = code.parse().unwrap(),
+                None => {
+                    last.1.push_str(line);
+                    last.1.push('\n');
+                }
+            }
+        }
+    }
+    assert!(samples.len() >= 7, "{samples:?}");
+    for (command, expected, code) in samples {
+        let args: Vec<&str> = command.split_whitespace().collect();
+        let output = broker(&args);
+        let printed = stdout(&output);
+        assert_eq!(
+            printed, expected,
+            "`token-broker {command}` prints otherwise than README.md shows"
+        );
+        assert_eq!(output.status.code(), Some(code), "`token-broker {command}`");
+    }
+}
+
+/// README.md, "Deploying", step 1 as written: uncomment policy.toml's example role, then check
+/// (warnings denied) and run the shipped cases: both pass (the shipped case holds before and
+/// after the role exists).
+#[test]
+fn deploying_step_one_works_as_written_with_the_example_role_uncommented() {
+    let policy = std::fs::read_to_string(root().join("policy.toml")).unwrap();
+    let (head, example) = policy.split_at(policy.find("# An example to copy").unwrap());
+    let mut lines = example.lines();
+    let mut edited = format!("{head}{}\n", lines.next().unwrap());
+    for line in lines {
+        edited.push_str(
+            line.strip_prefix("# ")
+                .unwrap_or(line.trim_start_matches('#')),
+        );
+        edited.push('\n');
+    }
+    assert!(edited.contains("\n[role.deploy-web-prod]\n"), "{edited}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.toml"), edited).unwrap();
+    std::fs::copy(
+        root().join("policy.tests.toml"),
+        dir.path().join("policy.tests.toml"),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.toml");
+    let policy = policy.to_str().unwrap();
+    let check = broker(&["policy", "check", "--deny-warnings", policy]);
+    assert!(check.status.success(), "{}", stdout(&check));
+    let test = broker(&["policy", "test", policy]);
+    assert!(test.status.success(), "{}", stdout(&test));
+    assert!(
+        stdout(&test).contains("1 passed, 0 failed"),
+        "{}",
+        stdout(&test)
     );
 }
