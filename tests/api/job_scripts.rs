@@ -1364,12 +1364,15 @@ async fn the_gitlab_jobs_give_up_after_three_retries_and_fail_closed() {
     let sts = LocalSts::start_on("127.0.0.1:0").await;
     sts.set_mode(StsMode::Throttling);
     let app = spawn_app_with(sts_at(sts.url())).await;
-    for (job, script) in credential_jobs() {
-        let (token, _) = allowed_token(&app);
-        for outcome in Run::job(&script, &app.address, &token)
-            .under_each(&SHELLS)
-            .await
-        {
+    let runs: Vec<(&str, Run)> = credential_jobs()
+        .into_iter()
+        .map(|(job, script)| (job, Run::job(&script, &app.address, &allowed_token(&app).0)))
+        .collect();
+    // All jobs at once: each spends most of its time waiting out retries.
+    let outcomes =
+        futures_util::future::join_all(runs.iter().map(|(_, run)| run.under_each(&SHELLS))).await;
+    for ((job, _), outcomes) in runs.iter().zip(outcomes) {
+        for outcome in outcomes {
             outcome.assert_failed_closed(job, "temporarily_unavailable");
             assert_eq!(outcome.requests, 4, "{job}: --retry 3: {outcome:?}");
         }
