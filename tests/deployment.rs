@@ -285,30 +285,36 @@ fn the_example_trust_policy_trusts_one_principal_and_requires_what_the_broker_se
     );
 }
 
+/// The examples take the components: consumer.yml the credentials component with the policy's
+/// audience, broker.yml the policy review, which deploy waits for. (tests/api/gitlab_ci.rs runs
+/// both in a GitLab CI emulator; this reads them as GitLab's YAML parser would.)
 #[test]
-fn the_gitlab_ci_examples_parse_and_check_the_policy_before_deploying() {
+fn the_gitlab_ci_examples_take_the_components_and_review_the_policy_before_deploying() {
     let consumer: Value = serde_yaml::from_str(&read("examples/gitlab-ci/consumer.yml")).unwrap();
-    let job = &consumer["deploy-production"];
+    let include = &consumer["include"][0];
+    assert!(
+        include["component"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("/aws-credentials@1.0.0")),
+        "{include:?}"
+    );
     assert_eq!(
-        job["id_tokens"]["BROKER_ID_TOKEN"]["aud"],
+        include["inputs"]["audience"],
         "https://token-broker.example.com"
     );
+    assert_eq!(
+        consumer["deploy-production"]["extends"],
+        ".token-broker-credentials"
+    );
     let broker: Value = serde_yaml::from_str(&read("examples/gitlab-ci/broker.yml")).unwrap();
-    let policy_job: Vec<&str> = broker["policy"]["script"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_str().unwrap())
-        .collect();
-    assert!(policy_job.iter().any(|l| l.contains("policy check")));
-    assert!(policy_job.iter().any(|l| l.contains("policy test")));
+    assert_eq!(broker["include"][0]["local"], "templates/policy-review.yml");
     let needs: Vec<&str> = broker["deploy"]["needs"]
         .as_sequence()
         .unwrap()
         .iter()
         .map(|n| n.as_str().unwrap())
         .collect();
-    assert!(needs.contains(&"policy") && needs.contains(&"test"));
+    assert!(needs.contains(&"policy-review") && needs.contains(&"test"));
 }
 
 /// The function's environment variable `name`.
@@ -436,37 +442,25 @@ fn the_dashboard_shows_decisions_by_outcome_latency_percentiles_and_errors() {
     }
 }
 
+/// The review component's reports are where GitLab reads them, and kept when the job fails.
 #[test]
 fn merge_requests_show_lint_findings_case_results_and_the_access_delta() {
-    let broker: Value = serde_yaml::from_str(&read("examples/gitlab-ci/broker.yml")).unwrap();
-    let reports = &broker["policy"]["artifacts"]["reports"];
-    assert_eq!(reports["codequality"], "gl-code-quality-report.json");
-    assert_eq!(reports["junit"], "policy-tests.xml");
-    let script = |job: &str| -> String {
-        broker[job]["script"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|l| l.as_str().unwrap())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    assert!(
-        script("policy").contains(
-            "policy check --format codequality policy.toml > gl-code-quality-report.json"
-        )
+    let template = read("templates/policy-review.yml");
+    let config: Value = serde_yaml::Deserializer::from_str(&template)
+        .nth(1)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .unwrap();
+    let review = &config["$[[ inputs.job_prefix ]]-review"]["artifacts"];
+    assert_eq!(review["when"], "always");
+    assert_eq!(
+        review["reports"]["codequality"],
+        "gl-code-quality-report.json"
     );
-    assert!(script("policy").contains("policy test --junit policy-tests.xml"));
-    let diff = &broker["policy-diff"];
+    assert_eq!(review["reports"]["junit"], "policy-tests.xml");
+    let diff = &config["$[[ inputs.job_prefix ]]-diff"];
+    assert_eq!(diff["artifacts"]["expose_as"], "policy access changes");
     assert_eq!(
         diff["rules"][0]["if"],
         "$CI_PIPELINE_SOURCE == \"merge_request_event\""
     );
-    assert_eq!(diff["artifacts"]["expose_as"], "policy access changes");
-    let diff_script = script("policy-diff");
-    assert!(diff_script.contains("$CI_MERGE_REQUEST_DIFF_BASE_SHA"));
-    assert!(diff_script.contains("policy diff --format markdown"));
-    // The note is posted only with a token, and a failed post fails the job.
-    assert!(diff_script.contains("if [ -n \"${POLICY_REVIEW_TOKEN:-}\" ]"));
-    assert!(diff_script.contains("--fail-with-body") && diff_script.contains("exit 1"));
 }
