@@ -1,7 +1,7 @@
 //! The deployment files keep their security properties: a later edit of template.yaml that opens
 //! another route, widens an IAM grant or changes the key fails here, not in an audit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde_yaml::Value;
@@ -31,12 +31,20 @@ fn resources_of_type<'a>(template: &'a Value, kind: &str) -> Vec<(&'a str, &'a V
         .collect()
 }
 
-/// Every statement of a policy document as (actions, resource).
+/// Every statement of a policy document as (actions, resource); a conditional statement
+/// (`!If [condition, statement, !Ref AWS::NoValue]`) counts as the statement it may add.
 fn statements(document: &Value) -> Vec<(BTreeSet<String>, Value)> {
     document["Statement"]
         .as_sequence()
         .unwrap()
         .iter()
+        .map(|s| match s {
+            Value::Tagged(t) if t.tag == "!If" => {
+                assert_eq!(tagged(&t.value[2], "!Ref"), "AWS::NoValue", "{s:?}");
+                &t.value[1]
+            }
+            s => s,
+        })
         .map(|s| {
             assert_eq!(s["Effect"], "Allow");
             let actions = match &s["Action"] {
@@ -142,14 +150,18 @@ fn iam_grants_exactly_the_listed_actions_on_the_listed_resources() {
     for (_, policy) in resources_of_type(&template, "AWS::IAM::Policy") {
         grants.extend(statements(&policy["Properties"]["PolicyDocument"]));
     }
-    assert_eq!(grants.len(), 4, "{grants:?}");
-    let find = |actions: &[&str]| {
+    assert_eq!(grants.len(), 5, "{grants:?}");
+    let find_all = |actions: &[&str]| -> Vec<Value> {
         grants
             .iter()
-            .find(|(a, _)| *a == set(actions))
-            .unwrap_or_else(|| panic!("{actions:?}"))
-            .1
-            .clone()
+            .filter(|(a, _)| *a == set(actions))
+            .map(|(_, resource)| resource.clone())
+            .collect()
+    };
+    let find = |actions: &[&str]| {
+        let mut found = find_all(actions);
+        assert_eq!(found.len(), 1, "{actions:?}");
+        found.remove(0)
     };
     assert_eq!(
         tagged(
@@ -158,13 +170,14 @@ fn iam_grants_exactly_the_listed_actions_on_the_listed_resources() {
         ),
         "LogGroup.Arn"
     );
+    // What they resolve to is checked below, stack by stack.
+    let assume = find_all(&["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]);
+    assert_eq!(assume.len(), 2, "{assume:?}");
     assert_eq!(
-        tagged(
-            &find(&["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]),
-            "!Ref"
-        ),
+        tagged(&tagged(&assume[0], "!If")[1], "!Ref"),
         "AssumableRoleArns"
     );
+    assert_eq!(tagged(&assume[1], "!Ref"), "AnyAccountRoleArns");
     assert_eq!(
         tagged(&find(&["kms:Sign", "kms:GetPublicKey"]), "!GetAtt"),
         "SigningKey.Arn"
@@ -175,15 +188,326 @@ fn iam_grants_exactly_the_listed_actions_on_the_listed_resources() {
     );
 }
 
+/// template.yaml as CloudFormation resolves it for one stack: parameters defaulted and checked
+/// against `AllowedPattern` and `AllowedValues`, then the conditions and intrinsic functions of
+/// the function role's policies (anything else panics rather than guess).
+struct Stack {
+    template: Value,
+    account: &'static str,
+    partition: &'static str,
+    parameters: BTreeMap<String, Value>,
+}
+
+impl Stack {
+    /// Deploys template.yaml with `overrides` (`sam deploy --parameter-overrides`), or says why
+    /// CloudFormation refuses them.
+    fn deploy(account: &'static str, overrides: &[(&str, &str)]) -> Result<Stack, String> {
+        Stack::deploy_in("aws", account, overrides)
+    }
+
+    fn deploy_in(
+        partition: &'static str,
+        account: &'static str,
+        overrides: &[(&str, &str)],
+    ) -> Result<Stack, String> {
+        let template = template();
+        let declared = template["Parameters"].as_mapping().unwrap();
+        if let Some((name, _)) = overrides
+            .iter()
+            .find(|(name, _)| !declared.contains_key(*name))
+        {
+            return Err(format!("{name} is not a parameter"));
+        }
+        let mut parameters = BTreeMap::new();
+        for (name, declaration) in declared {
+            let name = name.as_str().unwrap();
+            let text = match overrides.iter().find(|(n, _)| *n == name) {
+                Some((_, value)) => value.to_string(),
+                None => scalar_text(&declaration["Default"])
+                    .ok_or_else(|| format!("{name} has no value"))?,
+            };
+            parameters.insert(name.to_owned(), parameter_value(name, declaration, &text)?);
+        }
+        Ok(Stack {
+            template,
+            account,
+            partition,
+            parameters,
+        })
+    }
+
+    /// The statements of the function role's inline policy `name`, resolved.
+    fn role_policy(&self, name: &str) -> Vec<Value> {
+        let policy = self.template["Resources"]["FunctionRole"]["Properties"]["Policies"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["PolicyName"] == name)
+            .unwrap_or_else(|| panic!("no policy {name}"));
+        let document = self.resolve(&policy["PolicyDocument"]).unwrap();
+        document["Statement"].as_sequence().unwrap().clone()
+    }
+
+    /// Resources of the statements that allow `sts:AssumeRole`, by `Sid`; a single resource
+    /// comes back as a list of one, as IAM reads it.
+    fn assumable(&self) -> BTreeMap<String, Vec<String>> {
+        self.role_policy("assume-target-roles")
+            .iter()
+            .filter(|s| {
+                s["Action"]
+                    .as_sequence()
+                    .unwrap()
+                    .contains(&"sts:AssumeRole".into())
+            })
+            .map(|s| {
+                let resources = match &s["Resource"] {
+                    Value::String(one) => vec![one.clone()],
+                    Value::Sequence(many) => many
+                        .iter()
+                        .map(|r| r.as_str().unwrap().to_owned())
+                        .collect(),
+                    other => panic!("Resource {other:?}"),
+                };
+                (s["Sid"].as_str().unwrap().to_owned(), resources)
+            })
+            .collect()
+    }
+
+    /// `value` with its intrinsic functions evaluated; `None` is `AWS::NoValue`, which drops the
+    /// list item or the key that holds it.
+    fn resolve(&self, value: &Value) -> Option<Value> {
+        match value {
+            Value::Tagged(t) => self.function(&t.tag.to_string(), &t.value),
+            Value::Sequence(items) => Some(Value::Sequence(
+                items.iter().filter_map(|i| self.resolve(i)).collect(),
+            )),
+            Value::Mapping(entries) => Some(Value::Mapping(
+                entries
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), self.resolve(v)?)))
+                    .collect(),
+            )),
+            scalar => Some(scalar.clone()),
+        }
+    }
+
+    fn function(&self, tag: &str, argument: &Value) -> Option<Value> {
+        match tag {
+            "!Ref" => self.reference(argument.as_str().unwrap()),
+            "!Sub" => {
+                let text = argument.as_str().expect("!Sub of a string");
+                let placeholder = regex::Regex::new(r"\$\{([\w:]+)\}").unwrap();
+                let text = placeholder.replace_all(text, |c: &regex::Captures| {
+                    let value = self.reference(&c[1]).unwrap();
+                    value.as_str().expect("!Sub of a string value").to_owned()
+                });
+                Some(Value::String(text.into_owned()))
+            }
+            "!If" => {
+                let branch = if self.condition(argument[0].as_str().unwrap()) {
+                    &argument[1]
+                } else {
+                    &argument[2]
+                };
+                self.resolve(branch)
+            }
+            "!Join" => {
+                let separator = argument[0].as_str().unwrap();
+                let items = self.resolve(&argument[1]).unwrap();
+                let items: Vec<&str> = items
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_str().unwrap())
+                    .collect();
+                Some(Value::String(items.join(separator)))
+            }
+            other => panic!("{other} is not resolved here"),
+        }
+    }
+
+    fn reference(&self, name: &str) -> Option<Value> {
+        match name {
+            "AWS::NoValue" => None,
+            "AWS::AccountId" => Some(self.account.into()),
+            "AWS::Partition" => Some(self.partition.into()),
+            "AWS::StackName" => Some("token-broker".into()),
+            parameter => Some(
+                self.parameters
+                    .get(parameter)
+                    .unwrap_or_else(|| panic!("!Ref {parameter} (a resource?)"))
+                    .clone(),
+            ),
+        }
+    }
+
+    fn condition(&self, name: &str) -> bool {
+        self.holds(&self.template["Conditions"][name])
+    }
+
+    fn holds(&self, condition: &Value) -> bool {
+        let Value::Tagged(t) = condition else {
+            panic!("condition {condition:?}")
+        };
+        match t.tag.to_string().as_str() {
+            "!Equals" => self.resolve(&t.value[0]) == self.resolve(&t.value[1]),
+            "!Not" => !self.holds(&t.value[0]),
+            other => panic!("{other} in a condition"),
+        }
+    }
+}
+
+/// A parameter's value as CloudFormation takes it: a CommaDelimitedList is split at commas,
+/// and `AllowedPattern` must match the whole value, or each entry of a list.
+fn parameter_value(name: &str, declaration: &Value, text: &str) -> Result<Value, String> {
+    let list = declaration["Type"] == "CommaDelimitedList";
+    let entries: Vec<&str> = if list {
+        text.split(',').collect()
+    } else {
+        vec![text]
+    };
+    if let Some(pattern) = declaration["AllowedPattern"].as_str() {
+        let pattern = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+        if let Some(entry) = entries.iter().find(|e| !pattern.is_match(e)) {
+            return Err(format!("{name}: {entry:?} does not match AllowedPattern"));
+        }
+    }
+    if let Some(allowed) = declaration["AllowedValues"].as_sequence() {
+        if !allowed
+            .iter()
+            .any(|a| scalar_text(a).as_deref() == Some(text))
+        {
+            return Err(format!("{name}: {text:?} is not an AllowedValue"));
+        }
+    }
+    Ok(if list {
+        Value::Sequence(entries.into_iter().map(Value::from).collect())
+    } else {
+        Value::String(text.to_owned())
+    })
+}
+
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+const ACCOUNT: &str = "123456789012";
+const OTHER_ACCOUNT: &str = "210987654321";
+
 #[test]
-fn the_assumable_roles_parameter_cannot_be_a_bare_wildcard() {
-    let template = template();
-    let parameter = &template["Parameters"]["AssumableRoleArns"];
-    let pattern = regex::Regex::new(parameter["AllowedPattern"].as_str().unwrap()).unwrap();
-    assert!(pattern.is_match(parameter["Default"].as_str().unwrap()));
-    assert!(pattern.is_match("arn:aws:iam::123456789012:role/ci-deploy"));
-    for wide in ["*", "arn:aws:iam::*:*", "arn:aws:iam::123456789012:user/x"] {
-        assert!(!pattern.is_match(wide), "{wide}");
+fn by_default_the_broker_may_assume_only_this_accounts_token_broker_target_roles() {
+    for account in [ACCOUNT, OTHER_ACCOUNT] {
+        let stack = Stack::deploy(account, &[]).unwrap();
+        assert_eq!(
+            stack.assumable(),
+            BTreeMap::from([(
+                "NamedAccounts".to_owned(),
+                vec![format!("arn:aws:iam::{account}:role/token-broker-target-*")]
+            )])
+        );
+    }
+    let gov = Stack::deploy_in("aws-us-gov", ACCOUNT, &[]).unwrap();
+    assert_eq!(
+        gov.assumable()["NamedAccounts"],
+        ["arn:aws-us-gov:iam::123456789012:role/token-broker-target-*"]
+    );
+}
+
+#[test]
+fn assumable_role_arns_of_named_accounts_replace_the_default() {
+    let roles = "arn:aws:iam::210987654321:role/ci-*,arn:aws:iam::123456789012:role/deploy/web";
+    let stack = Stack::deploy(ACCOUNT, &[("AssumableRoleArns", roles)]).unwrap();
+    assert_eq!(
+        stack.assumable(),
+        BTreeMap::from([(
+            "NamedAccounts".to_owned(),
+            roles.split(',').map(String::from).collect()
+        )])
+    );
+    let every_role = "arn:aws:iam::123456789012:role/*";
+    let stack = Stack::deploy(ACCOUNT, &[("AssumableRoleArns", every_role)]).unwrap();
+    assert_eq!(stack.assumable()["NamedAccounts"], [every_role]);
+}
+
+#[test]
+fn a_wildcard_account_or_anything_but_a_role_is_refused_in_assumable_role_arns() {
+    for refused in [
+        "*",
+        "arn:aws:iam::*:role/token-broker-target-*",
+        "arn:aws:iam::*:*",
+        "arn:aws:iam::12345678901*:role/ci-*",
+        "arn:aws:iam::123456789012:role/ci-*,arn:aws:iam::*:role/ci-*",
+        "arn:aws:iam::123456789012:user/x",
+        "arn:aws:iam::123456789012:*",
+        "arn:aws:iam::1234567890:role/short-account",
+        "arn:aws:iam::123456789012:role/ci-deploy\narn:aws:iam::*:role/x",
+    ] {
+        let refusal = Stack::deploy(ACCOUNT, &[("AssumableRoleArns", refused)]).err();
+        assert!(
+            refusal.is_some_and(|r| r.starts_with("AssumableRoleArns:")),
+            "{refused:?}"
+        );
+    }
+}
+
+#[test]
+fn a_wildcard_account_is_granted_only_through_any_account_role_arns() {
+    let any = "arn:aws:iam::*:role/token-broker-target-*";
+    let stack = Stack::deploy(ACCOUNT, &[("AnyAccountRoleArns", any)]).unwrap();
+    assert_eq!(
+        stack.assumable(),
+        BTreeMap::from([
+            (
+                "NamedAccounts".to_owned(),
+                vec!["arn:aws:iam::123456789012:role/token-broker-target-*".to_owned()]
+            ),
+            ("AnyAccount".to_owned(), vec![any.to_owned()]),
+        ])
+    );
+    // Only wildcard accounts belong there; a named account goes in AssumableRoleArns.
+    for refused in [
+        "*",
+        "arn:aws:iam::*:*",
+        "arn:aws:iam::123456789012:role/ci-*",
+    ] {
+        let refusal = Stack::deploy(ACCOUNT, &[("AnyAccountRoleArns", refused)]).err();
+        assert!(
+            refusal.is_some_and(|r| r.starts_with("AnyAccountRoleArns:")),
+            "{refused:?}"
+        );
+    }
+}
+
+#[test]
+fn the_parameter_overrides_shown_in_readme_and_samconfig_deploy() {
+    let readme = regex::Regex::new(r"--parameter-overrides (?:'([^']*)'|(\w+=[^\s`']+))").unwrap();
+    let samconfig = regex::Regex::new(r#"(?m)^# parameter_overrides = "([^"]*)""#).unwrap();
+    let shown: Vec<String> = readme
+        .captures_iter(&read("README.md"))
+        .chain(samconfig.captures_iter(&read("samconfig.toml")))
+        .map(|c| {
+            c.iter()
+                .skip(1)
+                .flatten()
+                .next()
+                .unwrap()
+                .as_str()
+                .to_owned()
+        })
+        .collect();
+    assert!(shown.len() >= 3, "{shown:?}");
+    for overrides in &shown {
+        let pairs: Vec<(&str, &str)> = overrides
+            .split_whitespace()
+            .map(|pair| pair.split_once('=').unwrap())
+            .collect();
+        if let Err(refusal) = Stack::deploy(ACCOUNT, &pairs) {
+            panic!("{overrides}: {refusal}");
+        }
     }
 }
 
