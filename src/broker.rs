@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::aws::kms::{Kms, KmsError};
 use crate::aws::names::{SessionDuration, SessionName, SessionTag, SourceIdentity};
-use crate::aws::replay::{ReplayError, ReplayTable, UseKey};
+use crate::aws::replay::{ReplayError, ReplayTable, UseId, UseKey};
 use crate::aws::sts::{AssumeRole, Credentials, Sts, StsError};
 use crate::metrics::{self, Metrics, Outcome, Subject};
 use crate::oidc::{VerifiedToken, Verifier, VerifyError, now_secs};
@@ -190,8 +190,9 @@ impl Broker {
         let target = Target::Role(&request.role);
         let result = async {
             let verified = self.verify(token, request_id, target).await?;
-            let outcome = self.assume(&verified, request).await;
-            audited(request_id, &verified, target, outcome)
+            let mut token_use = TokenUse::NotCounted;
+            let outcome = self.assume(&verified, request, &mut token_use).await;
+            audited(request_id, &verified, target, &token_use, outcome)
         }
         .await;
         self.count(target, started, &result);
@@ -213,8 +214,11 @@ impl Broker {
         let target = Target::Audience(audience);
         let result = async {
             let verified = self.verify(token, request_id, target).await?;
-            let outcome = self.mint(kms, &verified, audience, issuer).await;
-            audited(request_id, &verified, target, outcome)
+            let mut token_use = TokenUse::NotCounted;
+            let outcome = self
+                .mint(kms, &verified, audience, issuer, &mut token_use)
+                .await;
+            audited(request_id, &verified, target, &token_use, outcome)
         }
         .await;
         self.count(target, started, &result);
@@ -240,6 +244,7 @@ impl Broker {
         &self,
         verified: &VerifiedToken,
         request: &CredentialsRequest,
+        token_use: &mut TokenUse,
     ) -> Result<(Issued, usize), BrokerError> {
         let admitted = tracing::info_span!("decide")
             .in_scope(|| self.policy.decide(&request.role, &verified.claims))
@@ -247,9 +252,11 @@ impl Broker {
         let role = admitted.grant;
         let cap = self.sts.session_cap().await;
         let input = plan(role, verified, request.duration_seconds, cap, now_secs())?;
-        let reserved = self.reserve_use(&role.grant, verified).await?;
+        let reserved = self.reserve_use(&role.grant, verified, token_use).await?;
         let credentials = self.sts.assume_role(&input).await;
-        let credentials = self.release_on_error(reserved, credentials).await?;
+        let credentials = self
+            .release_on_error(reserved, credentials, token_use)
+            .await?;
         let issued = Issued {
             credentials,
             role: role.grant.name.clone(),
@@ -266,6 +273,7 @@ impl Broker {
         verified: &VerifiedToken,
         audience: &str,
         issuer: &str,
+        token_use: &mut TokenUse,
     ) -> Result<(IssuedToken, usize), BrokerError> {
         let admitted = tracing::info_span!("decide")
             .in_scope(|| self.policy.decide_token(audience, &verified.claims))
@@ -273,21 +281,26 @@ impl Broker {
         let now = now_secs();
         let claims = token_claims(admitted.grant, verified, issuer, now)?;
         let expires_in = claims["exp"].as_u64().unwrap_or(now).saturating_sub(now);
-        let reserved = self.reserve_use(&admitted.grant.grant, verified).await?;
+        let reserved = self
+            .reserve_use(&admitted.grant.grant, verified, token_use)
+            .await?;
         let token = kms.sign_jwt(&claims).await;
-        let token = self.release_on_error(reserved, token).await?;
+        let token = self.release_on_error(reserved, token, token_use).await?;
         Ok((IssuedToken { token, expires_in }, admitted.rule))
     }
 
     /// The replay guard: takes one of the grant's `token_uses` for this GitLab token, right
     /// before STS or KMS is called, so that concurrent exchanges of one token never issue more
     /// than the limit. `None` when the grant sets no limit. Fails closed: no table, or a table
-    /// that cannot answer, is an error, never a skipped check.
+    /// that cannot answer, is an error, never a skipped check. When the table's answer never
+    /// came, the reservation may still have been applied: it is given back at once (by its id,
+    /// so nothing else is), and the job's retry finds its use free.
     async fn reserve_use(
         &self,
         grant: &Grant,
         verified: &VerifiedToken,
-    ) -> Result<Option<UseKey>, BrokerError> {
+        token_use: &mut TokenUse,
+    ) -> Result<Option<(UseKey, UseId)>, BrokerError> {
         let Some(limit) = grant.token_uses else {
             return Ok(None);
         };
@@ -304,11 +317,24 @@ impl Broker {
                 )
             })?;
         let key = UseKey::new(grant.kind, &grant.name, verified.claims.issuer(), jti);
-        if table.reserve(&key, limit, verified.expires_at).await? {
-            Ok(Some(key))
-        } else {
-            let grant = format!("{} {:?}", grant.kind, grant.name);
-            Err(Refusal::Replayed { grant, limit }.into())
+        let id = UseId::new();
+        match table.reserve(&key, &id, limit, verified.expires_at).await {
+            Ok(true) => {
+                *token_use = TokenUse::Counted(id.clone());
+                Ok(Some((key, id)))
+            }
+            Ok(false) => {
+                *token_use = TokenUse::LimitReached;
+                let grant = format!("{} {:?}", grant.kind, grant.name);
+                Err(Refusal::Replayed { grant, limit }.into())
+            }
+            Err(error) => {
+                *token_use = match table.release(&key, &id).await {
+                    Ok(()) => TokenUse::GivenBack(id),
+                    Err(_) => TokenUse::MaybeSpent(id),
+                };
+                Err(error.into())
+            }
         }
     }
 
@@ -317,14 +343,20 @@ impl Broker {
     /// guard errs towards refusing, never towards issuing more.
     async fn release_on_error<T, E>(
         &self,
-        reserved: Option<UseKey>,
+        reserved: Option<(UseKey, UseId)>,
         result: Result<T, E>,
+        token_use: &mut TokenUse,
     ) -> Result<T, E> {
         if result.is_err()
-            && let (Some(key), Some(table)) = (reserved, &self.replay)
-            && let Err(error) = table.release(&key).await
+            && let (Some((key, id)), Some(table)) = (reserved, &self.replay)
         {
-            tracing::warn!(%error, "a token use reserved for a failed exchange was not given back");
+            *token_use = match table.release(&key, &id).await {
+                Ok(()) => TokenUse::GivenBack(id),
+                Err(error) => {
+                    tracing::warn!(%error, "a token use reserved for a failed exchange was not given back");
+                    TokenUse::MaybeSpent(id)
+                }
+            };
         }
         result
     }
@@ -534,12 +566,14 @@ fn audited<T>(
     request_id: &str,
     verified: &VerifiedToken,
     target: Target<'_>,
+    token_use: &TokenUse,
     outcome: Result<(T, usize), BrokerError>,
 ) -> Result<T, BrokerError> {
     audit(
         request_id,
         verified,
         target,
+        token_use,
         outcome.as_ref().map(|(_, rule)| *rule),
     );
     outcome.map(|(issued, _)| issued)
@@ -550,6 +584,7 @@ fn audit(
     request_id: &str,
     verified: &VerifiedToken,
     target: Target<'_>,
+    token_use: &TokenUse,
     outcome: Result<usize, &BrokerError>,
 ) {
     let claims = &verified.claims;
@@ -577,8 +612,45 @@ fn audit(
         outcome = result,
         reason = %reason,
         claim,
+        token_use = token_use.state(),
+        use_id = token_use.id(),
         "decision"
     );
+}
+
+/// What the replay guard did with this exchange's use, for the audit line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TokenUse {
+    /// The grant sets no `token_uses` (or the request ended before the guard).
+    NotCounted,
+    /// Held by this exchange, which issued.
+    Counted(UseId),
+    /// Every use is held by earlier exchanges: refused.
+    LimitReached,
+    /// Reserved (or perhaps reserved) and given back: this exchange issued nothing.
+    GivenBack(UseId),
+    /// Perhaps reserved and not given back, since the table did not answer: it stays spent
+    /// until the token expires (errs towards refusing).
+    MaybeSpent(UseId),
+}
+
+impl TokenUse {
+    fn state(&self) -> &'static str {
+        match self {
+            Self::NotCounted => "not_counted",
+            Self::Counted(_) => "counted",
+            Self::LimitReached => "limit_reached",
+            Self::GivenBack(_) => "given_back",
+            Self::MaybeSpent(_) => "maybe_spent",
+        }
+    }
+
+    fn id(&self) -> Option<&str> {
+        match self {
+            Self::Counted(id) | Self::GivenBack(id) | Self::MaybeSpent(id) => Some(id.as_str()),
+            Self::NotCounted | Self::LimitReached => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,19 @@
-//! The replay guard's DynamoDB table: one item per GitLab token and grant, counting the uses that
-//! issued something, shared by every instance of the broker.
+//! The replay guard's DynamoDB table: one item per GitLab token and grant, holding the ids of
+//! the uses that may issue something, shared by every instance of the broker.
 //!
-//! A use is reserved with one conditional `UpdateItem` (`ADD uses 1` unless `uses` has reached the
-//! limit) just before STS or KMS is called, and released (`ADD uses -1`) when that call fails: so
-//! however many requests race with one token, at most `limit` reach STS or KMS, and a job whose
-//! request failed upstream can retry. Each item expires (DynamoDB TTL on `expires_at`) once the
+//! Each exchange draws a fresh use id. A use is reserved with one conditional `UpdateItem` that
+//! adds the id to the item's set `holders` unless the set already holds `limit` ids, and released
+//! (the id deleted from the set) when STS or KMS issued nothing. Both writes are idempotent: the
+//! SDK may retry an attempt whose answer was late or lost after DynamoDB applied it, and a
+//! reservation applied twice is still one id (its retry succeeds, since the set holds it), a
+//! release applied twice removes nothing else. So however many requests race with one token,
+//! and whatever DynamoDB's answers do, at most `limit` ids are ever held at once and at most
+//! `limit` exchanges issue anything. Each item expires (DynamoDB TTL on `expires_at`) once the
 //! token it counts can no longer be accepted, so the table never grows. Errors are reduced to
 //! their code, like STS's.
+//!
+//! Items written by earlier versions counted with a number `uses`; one that counted a use still
+//! refuses (the guard errs towards refusing) until it expires with its token.
 
 use std::time::Duration;
 
@@ -21,6 +28,34 @@ use crate::policy::GrantKind;
 pub const KEY_ATTRIBUTE: &str = "id";
 /// The table's TTL attribute: seconds since the epoch.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+/// The set of use ids an item holds (a DynamoDB string set).
+pub const HOLDERS_ATTRIBUTE: &str = "holders";
+/// What items of earlier versions counted uses with (a number).
+const LEGACY_USES_ATTRIBUTE: &str = "uses";
+
+/// One exchange's claim on a use: random, so that no two exchanges (on any instance) share one,
+/// and a retried write of the same exchange is recognised as the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UseId(String);
+
+impl UseId {
+    /// A fresh id (a v4 UUID).
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The id as stored and audited.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for UseId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// Why the table could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +122,15 @@ impl ReplayTable {
         // fetch (3 s) and STS (8 s), and a use reserved before a Lambda timeout stays spent. The
         // attempt timeout bounds the connect too (the shared connector's own is 2 s).
         let config = aws_sdk_dynamodb::config::Builder::from(&super::client_config(config))
+            // Retries, set here rather than taken from wherever the config came from: both
+            // writes are idempotent, so a retry of an attempt that was applied but answered late
+            // is safe, and it is what keeps a job's first use from failing for nothing. A short
+            // first backoff keeps a retry within the operation's 2 s.
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(3)
+                    .with_initial_backoff(Duration::from_millis(50)),
+            )
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .operation_attempt_timeout(Duration::from_secs(1))
@@ -101,11 +145,13 @@ impl ReplayTable {
         }
     }
 
-    /// Takes one of `limit` uses of `key`; `false` when all are taken. `expires_at` is the
-    /// token's `exp`.
+    /// Takes one of `limit` uses of `key` for the use `id` (fresh per exchange); `false` when
+    /// all are taken by other uses. `expires_at` is the token's `exp`. Idempotent: applied again
+    /// (an SDK retry), it finds `id` held and succeeds without taking another use.
     pub async fn reserve(
         &self,
         key: &UseKey,
+        id: &UseId,
         limit: u32,
         expires_at: u64,
     ) -> Result<bool, ReplayError> {
@@ -114,12 +160,18 @@ impl ReplayTable {
             .update_item()
             .table_name(&self.table)
             .key(KEY_ATTRIBUTE, AttributeValue::S(key.id.clone()))
-            .update_expression("ADD #uses :one SET #expires = :expires, #grant = :grant")
-            .condition_expression("attribute_not_exists(#uses) OR #uses < :limit")
-            .expression_attribute_names("#uses", "uses")
+            .update_expression("ADD #holders :me SET #expires = :expires, #grant = :grant")
+            .condition_expression(
+                "(attribute_not_exists(#uses) OR #uses = :zero) AND \
+                 (attribute_not_exists(#holders) OR size(#holders) < :limit OR contains(#holders, :id))",
+            )
+            .expression_attribute_names("#holders", HOLDERS_ATTRIBUTE)
+            .expression_attribute_names("#uses", LEGACY_USES_ATTRIBUTE)
             .expression_attribute_names("#expires", TTL_ATTRIBUTE)
             .expression_attribute_names("#grant", "grant")
-            .expression_attribute_values(":one", number(1))
+            .expression_attribute_values(":me", AttributeValue::Ss(vec![id.0.clone()]))
+            .expression_attribute_values(":id", AttributeValue::S(id.0.clone()))
+            .expression_attribute_values(":zero", number(0))
             .expression_attribute_values(":limit", number(u64::from(limit)))
             .expression_attribute_values(
                 ":expires",
@@ -135,19 +187,20 @@ impl ReplayTable {
         }
     }
 
-    /// Gives back a use taken by [`ReplayTable::reserve`] that issued nothing. Never below zero:
-    /// an item that expired meanwhile stays as it is.
-    pub async fn release(&self, key: &UseKey) -> Result<(), ReplayError> {
+    /// Gives back the use `id` took by [`ReplayTable::reserve`] (it issued nothing, or its
+    /// reservation's answer never came). Idempotent, and only ever removes `id`: a release
+    /// applied twice, or for a use that was never held, changes nothing else. An item that
+    /// expired meanwhile is not written again.
+    pub async fn release(&self, key: &UseKey, id: &UseId) -> Result<(), ReplayError> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(KEY_ATTRIBUTE, AttributeValue::S(key.id.clone()))
-            .update_expression("ADD #uses :minus_one")
-            .condition_expression("#uses > :zero")
-            .expression_attribute_names("#uses", "uses")
-            .expression_attribute_values(":minus_one", AttributeValue::N("-1".into()))
-            .expression_attribute_values(":zero", number(0))
+            .update_expression("DELETE #holders :me")
+            .condition_expression("attribute_exists(#holders)")
+            .expression_attribute_names("#holders", HOLDERS_ATTRIBUTE)
+            .expression_attribute_values(":me", AttributeValue::Ss(vec![id.0.clone()]))
             .send()
             .await;
         match result {

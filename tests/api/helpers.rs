@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_sdk_sts::config::Credentials;
+use local_issuer::capture::Capture;
 pub use local_issuer::claims::unique_job_id;
 pub use local_issuer::fixture::{AUDIENCE, POLICY, SESSION_POLICY};
 use local_issuer::kms::{KeySpec, LocalKms};
@@ -100,6 +101,42 @@ pub struct TestApp {
     dir: tempfile::TempDir,
 }
 
+/// The process's subscriber, once: the broker's text lines on stderr as the binary writes them
+/// (`RUST_LOG`), and its audit lines, whatever `RUST_LOG` says, as JSON into [`audit_log`].
+fn init_logs() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::registry()
+        .with(token_broker::telemetry::layer(
+            false,
+            &config::log_filter(),
+            std::io::stderr,
+        ))
+        .with(token_broker::telemetry::layer(
+            true,
+            "audit=info",
+            audit_log().clone(),
+        ))
+        .try_init();
+}
+
+fn audit_log() -> &'static Capture {
+    static AUDIT: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    AUDIT.get_or_init(Capture::default)
+}
+
+/// The audit line (its fields) of the request `request_id`; panics unless there is exactly one.
+pub fn audit_line(request_id: &str) -> Value {
+    let lines: Vec<Value> = audit_log()
+        .text()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["request_id"] == request_id)
+        .collect();
+    assert_eq!(lines.len(), 1, "one audit line for {request_id}: {lines:?}");
+    lines[0].clone()
+}
+
 /// A broker with [`AppSpec::default`].
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppSpec::default()).await
@@ -108,7 +145,7 @@ pub async fn spawn_app() -> TestApp {
 /// Starts a broker as `spec` says: its policy written to a temporary directory, the state built
 /// by `startup::build` as in the binary, and the router served on a free loopback port.
 pub async fn spawn_app_with(spec: AppSpec) -> TestApp {
-    token_broker::telemetry::init(false, &config::log_filter());
+    init_logs();
     let issuer = match spec.issuer {
         Some(issuer) => issuer,
         None => LocalIssuer::start().await,

@@ -11,6 +11,7 @@ mod job_scripts;
 mod lambda;
 mod metrics;
 mod replay;
+mod replay_faults;
 mod requests;
 #[path = "../common/serve.rs"]
 mod serve;

@@ -13,17 +13,17 @@ mod serve;
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use broker::Broker;
+use local_issuer::capture::Capture;
 use local_issuer::kms::{KeySpec, LocalKms};
 use local_issuer::{forge, moto, urn};
 use serde_json::{Value, json};
 use token_broker::config::Settings;
-use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -31,35 +31,6 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// caps on what they log.
 const FILTER: &str =
     "trace,aws_smithy_runtime=trace,aws_sigv4=trace,hyper=trace,lambda_runtime=trace";
-
-/// An in-memory log sink.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 /// The process-wide subscriber: the broker's JSON and text layers, each into its own capture.
 /// Installed before any app is built (building one calls `telemetry::init`, which then does
@@ -393,11 +364,11 @@ fn capture_output(child: &mut Child) -> (Capture, Vec<std::thread::JoinHandle<()
     let threads = readers
         .into_iter()
         .map(|mut reader| {
-            let capture = capture.clone();
+            let mut capture = capture.clone();
             std::thread::spawn(move || {
                 let mut bytes = Vec::new();
                 let _ = reader.read_to_end(&mut bytes);
-                capture.0.lock().unwrap().extend(bytes);
+                let _ = std::io::Write::write_all(&mut capture, &bytes);
             })
         })
         .collect();

@@ -10,6 +10,7 @@
 //! [`urn`] (the RFC 8693 identifiers) and [`fixture`] (the test policy). None of it needs the
 //! broker, which dev-depends on this crate and so could not be a dependency of it.
 
+pub mod capture;
 pub mod claims;
 pub mod fixture;
 pub mod forge;
