@@ -1,7 +1,10 @@
 //! What GitLab puts in a CI job's ID token, for lints: which claims exist, which are only
-//! sometimes present, and which may hold values STS refuses as tag values.
+//! sometimes present, which may hold values STS refuses as tag values, and which say whose code
+//! a job runs as against where it runs.
 
-/// Every claim of a GitLab CI ID token (GitLab 17/18), registered claims included.
+/// Every claim of a GitLab CI ID token (GitLab 17/18), registered claims included: the claims
+/// table of <https://docs.gitlab.com/ci/secrets/id_token_authentication/> as of GitLab 18.9
+/// (`job_project_*` and `job_namespace_*` since 18.4, `job_source` and `job_config` since 18.9).
 pub const KNOWN_CLAIMS: &[&str] = &[
     "namespace_id",
     "namespace_path",
@@ -34,6 +37,8 @@ pub const KNOWN_CLAIMS: &[&str] = &[
     "job_project_path",
     "job_namespace_id",
     "job_namespace_path",
+    "job_source",
+    "job_config",
     "jti",
     "iss",
     "iat",
@@ -43,7 +48,8 @@ pub const KNOWN_CLAIMS: &[&str] = &[
     "aud",
 ];
 
-/// Claims GitLab leaves out of some jobs' tokens (no environment, no linked identity, …).
+/// Claims GitLab leaves out of some jobs' tokens (no environment, no linked identity, a job no
+/// policy started, a GitLab older than the claim, …).
 pub const SOMETIMES_ABSENT: &[&str] = &[
     "environment",
     "environment_protected",
@@ -56,7 +62,31 @@ pub const SOMETIMES_ABSENT: &[&str] = &[
     "job_project_path",
     "job_namespace_id",
     "job_namespace_path",
+    "job_source",
+    "job_config",
 ];
+
+/// Claims GitLab sends as a JSON array or object, never as a string: the policy engine compares
+/// strings only ([`crate::Claims::from_json`] leaves these out), so a condition on one never
+/// matches.
+pub const NOT_STRINGS: &[&str] = &["user_identities", "groups_direct", "job_config"];
+
+/// Claims that name the project (and its group) the job runs in (GitLab 18.4 and later,
+/// gitlab-org/gitlab#563038). `project_*` and `namespace_*` name the project whose code it runs:
+/// in a merge-request pipeline the source project, so since GitLab 18.2.2 (gitlab-org/gitlab#561735)
+/// a fork's merge-request pipeline run in the parent project carries the fork's `project_id` and
+/// the parent's `job_project_id`.
+pub const JOB_IDENTITY: &[&str] = &[
+    "job_project_id",
+    "job_project_path",
+    "job_namespace_id",
+    "job_namespace_path",
+];
+
+/// The `pipeline_source` values of pipelines that can run a fork's code in the parent project:
+/// a merge-request pipeline run there, and the child pipelines it triggers (whose configuration
+/// and code come from the same fork commit).
+pub const FORK_CODE_SOURCES: &[&str] = &["merge_request_event", "parent_pipeline"];
 
 /// Claims whose values GitLab lets users choose with characters STS refuses in a tag value
 /// (git refs may contain `;`, `!`, `#`, …; environment names `$`, `{`, `}`, …).

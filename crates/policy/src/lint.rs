@@ -7,7 +7,10 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::gitlab::{FREE_FORM, IDENTIFYING, KNOWN_CLAIMS, SOMETIMES_ABSENT, did_you_mean};
+use crate::gitlab::{
+    FORK_CODE_SOURCES, FREE_FORM, IDENTIFYING, JOB_IDENTITY, KNOWN_CLAIMS, NOT_STRINGS,
+    SOMETIMES_ABSENT, did_you_mean,
+};
 use crate::{Condition, Grant, GrantKind, Pattern, Policy, Role, Rule, parse};
 
 /// How serious a finding is.
@@ -59,7 +62,7 @@ pub const LINTS: &[(&str, &str, Severity, &str)] = &[
         "TB101",
         "unpinned-identity",
         Severity::Error,
-        "a rule pins neither project_id nor namespace_id (paths can be renamed and re-registered); waive with allow_path_only = true",
+        "a rule pins no id: neither project_id nor namespace_id, nor job_project_id or job_namespace_id (which TB110 weighs); paths can be renamed and re-registered; waive with allow_path_only = true",
     ),
     (
         "TB102",
@@ -83,7 +86,7 @@ pub const LINTS: &[(&str, &str, Severity, &str)] = &[
         "TB105",
         "unknown-claim",
         Severity::Error,
-        "a condition on a claim GitLab does not issue (a typo never matches)",
+        "a condition on a claim GitLab does not issue (a typo), or issues only as an array or object: it never matches",
     ),
     (
         "TB106",
@@ -108,6 +111,12 @@ pub const LINTS: &[(&str, &str, Severity, &str)] = &[
         "role-chaining-cap",
         Severity::Warning,
         "a role's max_duration is over 1 h: in Lambda every AssumeRole is role chaining, which STS caps at 1 h",
+    ),
+    (
+        "TB110",
+        "job-project-admits-forks",
+        Severity::Error,
+        "a rule names the project or group only by job_project_* / job_namespace_* claims, which a fork's merge-request pipeline run there carries too; pin project_id or namespace_id, or require ref_protected = \"true\", environment_protected = \"true\" or a pipeline_source other than merge_request_event and parent_pipeline",
     ),
 ];
 
@@ -199,12 +208,19 @@ fn requires_true(rule: &Rule, claim: &str) -> bool {
 
 fn lint_rule(grant: &Grant, rule: &Rule, findings: &mut Vec<Finding>) {
     let n = rule.number;
-    if !rule.allow_path_only && !pins(rule, "project_id") && !pins(rule, "namespace_id") {
+    if !rule.allow_path_only && !pins_an_id(rule) {
         findings.push(finding("TB101", grant, Some(rule), format!("rule {n} pins neither project_id nor namespace_id; paths can be renamed and re-registered by someone else (pin an id, or set allow_path_only = true)")));
     }
+    findings.extend(job_project_only(grant, rule));
     for c in &rule.conditions {
         findings.extend(match_everything(grant, rule, c));
-        if !KNOWN_CLAIMS.contains(&c.claim.as_str()) {
+        if NOT_STRINGS.contains(&c.claim.as_str()) {
+            let message = format!(
+                "rule {n}: GitLab sends {:?} as a JSON array or object, never as a string, so the rule never matches",
+                c.claim
+            );
+            findings.push(finding("TB105", grant, Some(rule), message).about(&c.claim));
+        } else if !KNOWN_CLAIMS.contains(&c.claim.as_str()) {
             let hint = did_you_mean(&c.claim)
                 .map_or(String::new(), |known| format!("; did you mean {known:?}?"));
             findings.push(
@@ -234,6 +250,71 @@ fn lint_rule(grant: &Grant, rule: &Rule, findings: &mut Vec<Finding>) {
             ),
         ));
     }
+}
+
+/// Whether the rule pins an immutable id: of the project or group whose code the job runs
+/// (`project_id`, `namespace_id`), or of the one it runs in (`job_project_id`,
+/// `job_namespace_id`). Either answers TB101 (a path renamed and re-registered by someone else);
+/// a rule that pins only the latter is TB110's.
+fn pins_an_id(rule: &Rule) -> bool {
+    [
+        "project_id",
+        "namespace_id",
+        "job_project_id",
+        "job_namespace_id",
+    ]
+    .iter()
+    .any(|claim| pins(rule, claim))
+}
+
+/// TB110 for a rule that says where the job runs (`job_project_*`, `job_namespace_*`) but not
+/// whose code it runs (`project_id`, `namespace_id`), and does not keep out the pipelines that
+/// run a fork's merge request in the parent project: those carry the parent's `job_*` claims
+/// and the fork's `project_*` ones, and their refs and environments are whatever the fork says.
+fn job_project_only(grant: &Grant, rule: &Rule) -> Option<Finding> {
+    let named: Vec<&str> = JOB_IDENTITY
+        .iter()
+        .copied()
+        .filter(|claim| condition(rule, claim).is_some())
+        .collect();
+    if named.is_empty() || names_the_code(rule) || keeps_forks_out(rule) {
+        return None;
+    }
+    let what = if named.iter().any(|c| c.starts_with("job_project")) {
+        "project"
+    } else {
+        "group"
+    };
+    let message = format!(
+        "rule {} names the {what} only by {}, which a fork's merge-request pipeline run there carries too (its project_id is the fork's), so it admits the fork's code; pin project_id or namespace_id, or require ref_protected = \"true\", environment_protected = \"true\" or a pipeline_source other than {}",
+        rule.number,
+        named.join(", "),
+        FORK_CODE_SOURCES.join(" and "),
+    );
+    Some(finding("TB110", grant, Some(rule), message))
+}
+
+/// Whether the rule says whose code the job runs: an id pinned, or (a rule that waived TB101
+/// with `allow_path_only`) a path.
+fn names_the_code(rule: &Rule) -> bool {
+    pins(rule, "project_id")
+        || pins(rule, "namespace_id")
+        || (rule.allow_path_only
+            && ["project_path", "namespace_path"]
+                .iter()
+                .any(|claim| condition(rule, claim).is_some()))
+}
+
+/// Whether the rule refuses every pipeline that can run a fork's code in the parent project: a
+/// protected ref or environment, or a `pipeline_source` that admits none of those pipelines.
+fn keeps_forks_out(rule: &Rule) -> bool {
+    requires_true(rule, "ref_protected")
+        || requires_true(rule, "environment_protected")
+        || condition(rule, "pipeline_source").is_some_and(|c| {
+            FORK_CODE_SOURCES
+                .iter()
+                .all(|source| !c.matches(Some(source)))
+        })
 }
 
 /// TB102 for a condition on an identifying claim with a pattern that names no value.

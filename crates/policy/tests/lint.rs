@@ -168,6 +168,12 @@ fn bundle_check_refuses_error_findings_and_passes_warnings() {
             Err(&["policy.toml:10: error[TB104 ref-without-ref-type] rule 1"]),
         ),
         (
+            fixture_text("TB110.toml"),
+            Err(&[
+                "policy.toml:11: error[TB110 job-project-admits-forks] rule 1 names the project only by job_project_id",
+            ]),
+        ),
+        (
             both,
             Err(&[
                 "policy.toml:10: error[TB101 unpinned-identity] rule 1",
@@ -270,4 +276,322 @@ fn rule_content_ignores_the_order_conditions_and_patterns_are_written_in() {
         rule_content(&policy.roles[0].grant.rules[0]),
         content(r#"ref = "main""#)
     );
+}
+
+/// A policy whose one role has one rule of `conditions` (TOML lines).
+fn one_rule(conditions: &[&str]) -> String {
+    format!(
+        "audience = \"a\"\n[[issuer]]\nurl = \"https://gitlab.example.com\"\n\
+         [role.deploy]\narn = \"arn:aws:iam::123456789012:role/deploy\"\n\
+         [[role.deploy.allow]]\n{}\n",
+        conditions.join("\n")
+    )
+}
+
+#[test]
+fn job_project_admits_forks_unless_the_code_is_pinned_or_fork_pipelines_are_kept_out() {
+    // (the rule's conditions, TB110 fires, TB101 fires)
+    let cases: &[(&[&str], bool, bool)] = &[
+        // Where the job runs, not whose code: a fork's merge request run in 4242 passes.
+        (&[r#"job_project_id = "4242""#], true, false),
+        (&[r#"job_namespace_id = "72""#], true, false),
+        (
+            &[
+                r#"job_project_id = "4242""#,
+                r#"ref_type = "branch""#,
+                r#"ref = "main""#,
+            ],
+            true,
+            false,
+        ),
+        // A path only: renamable (TB101) and the fork's code passes (TB110).
+        (&[r#"job_project_path = "acme/web""#], true, true),
+        (
+            &[r#"job_project_path = "acme/web""#, "allow_path_only = true"],
+            true,
+            false,
+        ),
+        (
+            &[
+                r#"job_namespace_path = "acme""#,
+                r#"job_project_path = "acme/web""#,
+            ],
+            true,
+            true,
+        ),
+        // The code's project pinned too: the fork's project_id fails.
+        (
+            &[r#"job_project_id = "4242""#, r#"project_id = "4242""#],
+            false,
+            false,
+        ),
+        (
+            &[r#"job_namespace_id = "72""#, r#"namespace_id = "72""#],
+            false,
+            false,
+        ),
+        (
+            &[r#"job_project_id = "4242""#, r#"project_id = "*""#],
+            true,
+            false,
+        ),
+        (
+            &[r#"job_project_id = "4242""#, r#"project_path = "acme/web""#],
+            true,
+            false,
+        ),
+        (
+            &[
+                r#"job_project_id = "4242""#,
+                r#"project_path = "acme/web""#,
+                "allow_path_only = true",
+            ],
+            false,
+            false,
+        ),
+        // Fork pipelines kept out: no fork's merge request runs on a protected ref or environment,
+        // nor as a push.
+        (
+            &[r#"job_project_id = "4242""#, r#"ref_protected = "true""#],
+            false,
+            false,
+        ),
+        (
+            &[
+                r#"job_project_id = "4242""#,
+                r#"environment_protected = "true""#,
+            ],
+            false,
+            false,
+        ),
+        (
+            &[
+                r#"job_project_id = "4242""#,
+                r#"ref_protected = ["true", "false"]"#,
+            ],
+            true,
+            false,
+        ),
+        (
+            &[r#"job_project_id = "4242""#, r#"pipeline_source = "push""#],
+            false,
+            false,
+        ),
+        (
+            &[
+                r#"job_project_id = "4242""#,
+                r#"pipeline_source = ["push", "web"]"#,
+            ],
+            false,
+            false,
+        ),
+        (
+            &[
+                r#"job_project_id = "4242""#,
+                r#"pipeline_source = "merge_request_event""#,
+            ],
+            true,
+            false,
+        ),
+        (
+            &[
+                r#"job_project_id = "4242""#,
+                r#"pipeline_source = ["push", "*_event"]"#,
+            ],
+            true,
+            false,
+        ),
+        // A child pipeline of a fork's merge-request pipeline runs the fork's code as well.
+        (
+            &[
+                r#"job_project_id = "4242""#,
+                r#"pipeline_source = "parent_pipeline""#,
+            ],
+            true,
+            false,
+        ),
+        // No job_* claim: TB110 has nothing to say, TB101 what it always said.
+        (&[r#"project_id = "4242""#], false, false),
+        (&[r#"project_path = "acme/web""#], false, true),
+    ];
+    for (conditions, tb110, tb101) in cases {
+        let found = ids(&one_rule(conditions));
+        assert_eq!(
+            (found.contains(&"TB110"), found.contains(&"TB101")),
+            (*tb110, *tb101),
+            "{conditions:?}: {found:?}"
+        );
+    }
+}
+
+#[test]
+fn job_project_admits_forks_is_an_error_on_token_grants_too_and_says_what_to_do() {
+    let text = one_rule(&[]).replace(
+        "[role.deploy]\narn = \"arn:aws:iam::123456789012:role/deploy\"\n[[role.deploy.allow]]\n",
+        "[token.aws]\naudience = \"sts.amazonaws.com\"\n[[token.aws.allow]]\njob_namespace_id = \"72\"\n",
+    );
+    let policy =
+        token_broker_policy::parse(Path::new("p.toml"), &text, &|_| Err("none".into())).unwrap();
+    let found = lint(&policy);
+    let tb110 = found.iter().find(|f| f.id == "TB110").expect("TB110");
+    assert_eq!(
+        (tb110.severity, tb110.grant.as_str(), tb110.rule),
+        (Severity::Error, "aws", Some(1))
+    );
+    assert!(
+        tb110.message.starts_with(
+            "rule 1 names the group only by job_namespace_id, which a fork's merge-request pipeline"
+        ),
+        "{}",
+        tb110.message
+    );
+    assert!(tb110.message.contains("pin project_id or namespace_id"));
+}
+
+#[test]
+fn conditions_on_claims_gitlab_sends_as_arrays_or_objects_never_match() {
+    for (line, fires) in [
+        (r#"groups_direct = "acme""#, true),
+        (r#"job_config = "x""#, true),
+        (r#"user_identities = "github""#, true),
+        (r#"job_source = "pipeline""#, false),
+        (r#"job_namespace_path = "acme""#, false),
+    ] {
+        let found = ids(&with_condition(line));
+        assert_eq!(found.contains(&"TB105"), fires, "{line}: {found:?}");
+    }
+}
+
+// The token GitLab (18.4 and later) issues to a fork's merge-request pipeline run in the parent
+// project, against every policy this repository ships.
+
+fn repository(relative: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative)
+}
+
+/// examples/policy/claims/fork-merge-request.json: mallory/web (9999) is a fork of acme/web
+/// (4242), and its merge request's pipeline runs in acme/web; with `overrides` applied.
+fn fork_merge_request(issuer: &str, overrides: &[(&str, &str)]) -> token_broker_policy::Claims {
+    let text =
+        std::fs::read_to_string(repository("examples/policy/claims/fork-merge-request.json"))
+            .unwrap();
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).unwrap();
+    for (name, value) in overrides {
+        object.insert((*name).to_owned(), (*value).into());
+    }
+    token_broker_policy::Claims::from_json(issuer, &object)
+}
+
+/// policy.toml with its example role uncommented (README, "Deploying", step 1).
+fn bundled_policy_with_its_example() -> String {
+    let text = std::fs::read_to_string(repository("policy.toml")).unwrap();
+    let (head, example) = text.split_at(text.find("# An example to copy").unwrap());
+    let mut lines = example.lines();
+    let mut edited = format!("{head}{}\n", lines.next().unwrap());
+    for line in lines {
+        edited.push_str(
+            line.strip_prefix("# ")
+                .unwrap_or(line.trim_start_matches('#')),
+        );
+        edited.push('\n');
+    }
+    assert!(edited.contains("\n[role.deploy-web-prod]\n"), "{edited}");
+    edited
+}
+
+/// Every policy this repository ships, compiled: name, policy.
+fn shipped_policies() -> Vec<(&'static str, token_broker_policy::Policy)> {
+    let read_beside = |dir: &'static str| {
+        move |path: &str| {
+            std::fs::read_to_string(repository(dir).join(path)).map_err(|e| e.to_string())
+        }
+    };
+    let demo = std::fs::read_to_string(repository("examples/demo-policy.toml"))
+        .unwrap()
+        .replace("{issuer}", "https://gitlab.example.com");
+    vec![
+        (
+            "examples/policy/policy.toml",
+            token_broker_policy::load(&repository("examples/policy/policy.toml")).unwrap(),
+        ),
+        (
+            "examples/demo-policy.toml",
+            token_broker_policy::parse(
+                Path::new("demo-policy.toml"),
+                &demo,
+                &read_beside("examples"),
+            )
+            .unwrap(),
+        ),
+        (
+            "policy.toml, example uncommented",
+            token_broker_policy::parse(
+                Path::new("policy.toml"),
+                &bundled_policy_with_its_example(),
+                &read_beside("."),
+            )
+            .unwrap(),
+        ),
+    ]
+}
+
+#[test]
+fn every_shipped_policy_denies_a_forks_merge_request_run_in_the_parent_project() {
+    // The job as it comes, and as strong as a fork can make it: naming the protected production
+    // environment, run by a maintainer of acme/web who may deploy there.
+    let variants: &[(&str, &[(&str, &str)])] = &[
+        ("as it comes", &[]),
+        (
+            "naming production",
+            &[
+                ("environment", "production"),
+                ("environment_protected", "true"),
+            ],
+        ),
+    ];
+    for (name, policy) in shipped_policies() {
+        let issuer = policy.issuers[0].url.clone();
+        for (variant, overrides) in variants {
+            let claims = fork_merge_request(&issuer, overrides);
+            for grant in policy.grants() {
+                let decision = grant.decide(&claims);
+                assert!(
+                    !decision.is_allow(),
+                    "{name}: {} {:?} admits a fork's merge request ({variant}): {decision:?}",
+                    grant.kind,
+                    grant.name
+                );
+            }
+        }
+        assert!(
+            lint(&policy).iter().all(|f| f.id != "TB110"),
+            "{name}: {:#?}",
+            lint(&policy)
+        );
+    }
+}
+
+#[test]
+fn the_same_job_on_the_parents_own_protected_main_is_admitted_so_the_denial_is_about_the_fork() {
+    for (name, policy) in shipped_policies() {
+        let issuer = policy.issuers[0].url.clone();
+        let parent = fork_merge_request(
+            &issuer,
+            &[
+                ("project_id", "4242"),
+                ("project_path", "acme/web"),
+                ("namespace_id", "72"),
+                ("namespace_path", "acme"),
+                ("pipeline_source", "push"),
+                ("ref_protected", "true"),
+                ("environment", "production"),
+                ("environment_protected", "true"),
+            ],
+        );
+        let decision = policy.decide("deploy-web-prod", &parent);
+        assert!(decision.is_ok(), "{name}: {decision:?}");
+    }
 }
