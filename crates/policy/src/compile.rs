@@ -3,13 +3,16 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
 use std::sync::LazyLock;
 use toml::Spanned;
 
-use crate::file::{LineIndex, RawIssuer, RawPolicy, RawRole, RawRule, RawToken, RawUses, RawValue};
+use crate::file::{
+    LineIndex, RawIssuer, RawPolicy, RawRole, RawRule, RawToken, RawUses, RawValue, Source,
+};
 use crate::names::{
     MAX_SESSION_POLICY_CHARS, MAX_SESSION_TAGS, RoleArn, RoleName, SessionDuration, SessionTag,
 };
@@ -30,18 +33,18 @@ const MIN_TTL: Duration = Duration::from_secs(60);
 const MAX_TOKEN_USES: i64 = 1000;
 
 /// What every rule's compilation shares.
-struct Context<'a> {
-    issuers: &'a [Issuer],
+pub(crate) struct Context<'a> {
+    pub(crate) issuers: &'a [Issuer],
     /// The policy-wide `token_uses`, for grants that set none.
-    token_uses: Option<u32>,
-    lines: LineIndex,
+    pub(crate) token_uses: Option<u32>,
+    pub(crate) lines: LineIndex,
     /// Compiled globs by source: large policies repeat a few (`v*`, `release/*`) thousands of
     /// times, and compiling a regular expression costs far more than matching one.
-    patterns: RefCell<HashMap<String, Pattern>>,
+    pub(crate) patterns: RefCell<HashMap<String, Pattern>>,
 }
 
 impl Context<'_> {
-    fn pattern(&self, source: &str) -> Result<Pattern, String> {
+    pub(crate) fn pattern(&self, source: &str) -> Result<Pattern, String> {
         if let Some(pattern) = self.patterns.borrow().get(source) {
             return Ok(pattern.clone());
         }
@@ -53,20 +56,30 @@ impl Context<'_> {
     }
 }
 
-/// A compile error at a byte offset of the policy text.
+/// A compile error at a byte offset of the policy text, or of a delegated file's (`source`).
 #[derive(Debug)]
 pub(crate) struct CompileError {
     pub offset: usize,
     pub message: String,
+    pub source: Option<Arc<Source>>,
 }
 
-fn error_at<T>(
+impl CompileError {
+    /// The error, placed in `source` unless it already is in a file.
+    pub(crate) fn in_file(mut self, source: &Arc<Source>) -> Self {
+        self.source.get_or_insert_with(|| source.clone());
+        self
+    }
+}
+
+pub(crate) fn error_at<T>(
     span: std::ops::Range<usize>,
     message: impl Into<String>,
 ) -> Result<T, CompileError> {
     Err(CompileError {
         offset: span.start,
         message: message.into(),
+        source: None,
     })
 }
 
@@ -92,12 +105,12 @@ pub(crate) fn compile(
         lines: LineIndex::new(text),
         patterns: RefCell::default(),
     };
-    let roles = raw
+    let mut roles: Vec<Role> = raw
         .roles
         .iter()
         .map(|(name, role)| compile_role(name, role, &context, read))
         .collect::<Result<_, _>>()?;
-    let tokens: Vec<TokenGrant> = raw
+    let mut tokens: Vec<TokenGrant> = raw
         .tokens
         .iter()
         .map(|(name, token)| compile_token(name, token, &context))
@@ -114,11 +127,13 @@ pub(crate) fn compile(
             );
         }
     }
+    let delegates = crate::delegate::compile_all(&raw, &context, read, &mut roles, &mut tokens)?;
     Ok(Policy {
         audience: raw.audience.into_inner(),
         issuers,
         roles,
         tokens,
+        delegates,
     })
 }
 
@@ -218,7 +233,7 @@ fn asymmetric_algorithm(name: &str) -> Result<Algorithm, String> {
     Ok(algorithm)
 }
 
-fn compile_role(
+pub(crate) fn compile_role(
     name: &Spanned<String>,
     raw: &Spanned<RawRole>,
     context: &Context<'_>,
@@ -274,7 +289,7 @@ pub const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "iat", "nbf", "ex
 /// Where the broker keeps GitLab's own `iss` and `sub` in the tokens it issues.
 pub const PROVENANCE_CLAIMS: [&str; 2] = ["gitlab_iss", "gitlab_sub"];
 
-fn compile_token(
+pub(crate) fn compile_token(
     name: &Spanned<String>,
     raw: &Spanned<RawToken>,
     context: &Context<'_>,
@@ -493,7 +508,7 @@ fn compile_rule(
     })
 }
 
-fn rule_issuer(
+pub(crate) fn rule_issuer(
     named: Option<(&String, std::ops::Range<usize>)>,
     issuers: &[Issuer],
     rule_span: std::ops::Range<usize>,
@@ -514,7 +529,7 @@ fn rule_issuer(
     }
 }
 
-fn compile_condition(
+pub(crate) fn compile_condition(
     key: &Spanned<String>,
     claim: &str,
     value: &RawValue,

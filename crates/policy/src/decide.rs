@@ -39,6 +39,14 @@ pub enum Denial {
         name: String,
         closest: RuleFailure,
     },
+    /// Rule `failure.rule` matched, but the guardrail of the delegate whose file defines the
+    /// grant did not: its first failing condition.
+    Guardrail {
+        kind: GrantKind,
+        name: String,
+        delegate: String,
+        failure: RuleFailure,
+    },
 }
 
 /// The first failing condition of a rule; `value` is the caller's own claim, `None` if absent.
@@ -85,6 +93,23 @@ impl fmt::Display for Denial {
                     closest.claim, closest.rule
                 ),
             },
+            Self::Guardrail {
+                kind,
+                name,
+                delegate,
+                failure,
+            } => match &failure.value {
+                Some(value) => write!(
+                    f,
+                    "{kind} {name:?}: rule {} matches, but claim {:?} = {value:?} is outside the guardrail of delegate {delegate:?}",
+                    failure.rule, failure.claim
+                ),
+                None => write!(
+                    f,
+                    "{kind} {name:?}: rule {} matches, but claim {:?} is missing, which the guardrail of delegate {delegate:?} requires",
+                    failure.rule, failure.claim
+                ),
+            },
         }
     }
 }
@@ -94,6 +119,7 @@ impl Denial {
     pub fn claim(&self) -> Option<&str> {
         match self {
             Self::NoRuleMatched { closest, .. } => Some(&closest.claim),
+            Self::Guardrail { failure, .. } => Some(&failure.claim),
             _ => None,
         }
     }
@@ -192,7 +218,7 @@ impl Grant {
         let mut closest: Option<RuleFailure> = None;
         for rule in self.candidates(claims) {
             match rule.evaluate(claims) {
-                None => return Decision::Allow { rule: rule.number },
+                None => return self.guarded(rule.number, claims),
                 Some(failure)
                     if closest
                         .as_ref()
@@ -224,6 +250,55 @@ impl Grant {
                 name,
                 issuer: claims.issuer().to_owned(),
             },
+        })
+    }
+}
+
+impl Grant {
+    /// Rule `rule` matched: allowed, unless the grant is a delegate's and its guardrail fails.
+    fn guarded(&self, rule: usize, claims: &Claims) -> Decision {
+        let Some(delegate) = &self.delegate else {
+            return Decision::Allow { rule };
+        };
+        match delegate.require.evaluate(claims) {
+            None => Decision::Allow { rule },
+            Some(mut failure) => {
+                failure.rule = rule;
+                Decision::Deny(Denial::Guardrail {
+                    kind: self.kind,
+                    name: self.name.clone(),
+                    delegate: delegate.name.clone(),
+                    failure,
+                })
+            }
+        }
+    }
+}
+
+impl crate::Guardrail {
+    /// `None` when the caller's issuer and every condition are what the guardrail requires,
+    /// else the first failure (`rule` 0: it is no rule of the file).
+    pub fn evaluate(&self, claims: &Claims) -> Option<RuleFailure> {
+        if let Some(issuer) = &self.issuer
+            && issuer != claims.issuer()
+        {
+            return Some(RuleFailure {
+                rule: 0,
+                claim: "iss".to_owned(),
+                value: Some(claims.issuer().to_owned()),
+                failed_conditions: 1,
+            });
+        }
+        let mut failed = self
+            .conditions
+            .iter()
+            .filter(|c| !c.matches(claims.get(&c.claim)));
+        let first = failed.next()?;
+        Some(RuleFailure {
+            rule: 0,
+            claim: first.claim.clone(),
+            value: claims.get(&first.claim).map(str::to_owned),
+            failed_conditions: 1 + failed.count(),
         })
     }
 }

@@ -52,6 +52,30 @@ pub(crate) struct RawPolicy {
     pub tokens: BTreeMap<Spanned<String>, Spanned<RawToken>>,
     /// The default of every role's and token's `token_uses`.
     pub token_uses: Option<Spanned<RawUses>>,
+    #[serde(default, rename = "delegate")]
+    pub delegates: BTreeMap<Spanned<String>, Spanned<RawDelegate>>,
+}
+
+/// `[delegate.NAME]` in the root policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDelegate {
+    pub file: Spanned<String>,
+    pub require: Spanned<RawRule>,
+    pub role_arns: Spanned<Vec<Spanned<String>>>,
+    pub max_duration: Option<Spanned<String>>,
+    pub tokens: Option<Spanned<bool>>,
+}
+
+/// A delegated file: roles and tokens in the root's format, and nothing else (no `audience`,
+/// `[[issuer]]`, `token_uses` default or `[delegate.*]`: those are the platform team's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDelegated {
+    #[serde(default, rename = "role")]
+    pub roles: BTreeMap<Spanned<String>, Spanned<RawRole>>,
+    #[serde(default, rename = "token")]
+    pub tokens: BTreeMap<Spanned<String>, Spanned<RawToken>>,
 }
 
 /// `token_uses`: a count, or `"unlimited"` (how a grant opts out of the global default).
@@ -209,14 +233,32 @@ pub fn parse(
         }
     })?;
     crate::compile::compile(raw, text, read).map_err(|e| {
+        // An error in a delegated file is told at its place in that file.
+        let (file, text) = match &e.source {
+            Some(source) => (beside(file, &source.file), source.text.as_str()),
+            None => (file.to_owned(), text),
+        };
         let (line, column) = line_column(text, e.offset);
         PolicyError {
-            file: file.to_owned(),
+            file,
             line,
             column,
             message: e.message,
         }
     })
+}
+
+/// `relative` (a delegated file, as the root policy names it) beside the root policy `root`.
+pub fn beside(root: &Path, relative: &str) -> PathBuf {
+    root.parent().unwrap_or(Path::new("")).join(relative)
+}
+
+/// A delegated file's name (relative to the root policy's directory) and text, for messages
+/// about places in it.
+#[derive(Debug)]
+pub(crate) struct Source {
+    pub file: String,
+    pub text: String,
 }
 
 /// Where each line starts, so a policy of thousands of rules finds each rule's line with a binary

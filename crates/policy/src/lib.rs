@@ -9,6 +9,7 @@ pub mod claims;
 pub mod cli;
 mod compile;
 mod decide;
+mod delegate;
 pub mod diff;
 pub mod explain;
 mod file;
@@ -23,11 +24,12 @@ pub mod subject;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use compile::{PROVENANCE_CLAIMS, REGISTERED_CLAIMS, check_url};
 pub use decide::{Admitted, Decision, Denial, RuleFailure};
-pub use file::{PolicyError, load, parse};
+pub use file::{PolicyError, beside, load, parse};
 pub use glob::Pattern;
 
 pub use claims::Claims;
@@ -54,6 +56,40 @@ pub struct Policy {
     pub roles: Vec<Role>,
     /// Tokens the broker re-issues, by name, in file order.
     pub tokens: Vec<TokenGrant>,
+    /// Files the root policy hands to teams, each under its guardrail, in file order. Their
+    /// roles and tokens are in `roles` and `tokens`, after the root's own.
+    pub delegates: Vec<Arc<Delegate>>,
+}
+
+/// A `[delegate.NAME]`: a file of roles (and tokens, if allowed) that a team owns, under the
+/// conditions the platform team sets in the root policy.
+#[derive(Debug, Clone)]
+pub struct Delegate {
+    /// The `[delegate.NAME]` name.
+    pub name: String,
+    /// The delegated file, relative to the root policy's directory, as the root names it.
+    pub file: String,
+    /// Line of `[delegate.NAME]` in the root policy.
+    pub line: usize,
+    /// The guardrail: conditions joined (AND) to every rule of the file.
+    pub require: Guardrail,
+    /// Every role's ARN in the file must match one of these.
+    pub role_arns: Vec<Pattern>,
+    /// No role of the file may ask more; `None`: STS's 12 h.
+    pub max_duration: Option<Duration>,
+    /// Whether the file may define `[token.*]` grants; default false.
+    pub tokens: bool,
+}
+
+/// A delegate's `require`: conditions every rule of its file must also meet.
+#[derive(Debug, Clone)]
+pub struct Guardrail {
+    /// Line of `require` in the root policy.
+    pub line: usize,
+    /// The issuer it admits; `None`: any of the policy's issuers.
+    pub issuer: Option<String>,
+    /// Every condition must hold.
+    pub conditions: Vec<Condition>,
 }
 
 /// What a set of rules protects.
@@ -87,6 +123,9 @@ pub struct Grant {
     pub token_uses: Option<u32>,
     /// For large rule sets, which rules can match a given project or namespace.
     pub(crate) index: Option<index::RuleIndex>,
+    /// The delegate whose file defines this grant, whose guardrail each rule must also meet;
+    /// `None` for the root policy's own grants.
+    pub delegate: Option<Arc<Delegate>>,
 }
 
 impl Grant {
@@ -101,6 +140,7 @@ impl Grant {
             rules,
             token_uses: None,
             index,
+            delegate: None,
         }
     }
 }
