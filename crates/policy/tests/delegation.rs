@@ -123,7 +123,9 @@ fn the_guardrail_never_admits_what_no_rule_does() {
 #[test]
 fn every_breach_is_a_compile_error_at_its_place_in_the_teams_file() {
     let rule = "\n[[role.payments-deploy.allow]]\nproject_id = \"7701\"\n";
-    let cases: [(&str, String, (&str, usize, usize), &str); 6] = [
+    // What breaks the limit, the team's file, where the error is, what it says.
+    type Case<'a> = (&'a str, String, (&'a str, usize, usize), &'a str);
+    let cases: [Case; 6] = [
         (
             "an ARN outside role_arns",
             format!(
