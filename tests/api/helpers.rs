@@ -35,6 +35,9 @@ pub struct AppSpec {
     pub kms: Option<SdkConfig>,
     /// The replay table and the metric sink; default: neither.
     pub operations: Operations,
+    /// More files beside the policy (a delegated team's file, say), by path relative to it,
+    /// `{issuer}` standing for the issuer's URL; default none.
+    pub files: Vec<(String, String)>,
 }
 
 impl Default for AppSpec {
@@ -46,6 +49,7 @@ impl Default for AppSpec {
             sts: None,
             kms: None,
             operations: Operations::default(),
+            files: Vec::new(),
         }
     }
 }
@@ -151,6 +155,11 @@ pub async fn spawn_app_with(spec: AppSpec) -> TestApp {
         None => LocalIssuer::start().await,
     };
     let dir = tempfile::tempdir().unwrap();
+    for (relative, text) in &spec.files {
+        let path = dir.path().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text.replace("{issuer}", issuer.url())).unwrap();
+    }
     let settings = Settings {
         policy: Some(local_issuer::fixture::write_policy(
             dir.path(),

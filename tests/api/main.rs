@@ -3,6 +3,7 @@
 mod attacks;
 mod connections;
 mod credentials;
+mod delegation;
 mod fail_safe;
 mod faults;
 mod gitlab_ci;
