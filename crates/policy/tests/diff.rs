@@ -515,3 +515,598 @@ fn the_markdown_header_counts_exactly_the_rows_marked_widening() {
         "{text}"
     );
 }
+
+/// One edit of a tree: in `file`, every `from` replaced by `to`; an empty `from` writes `to` as
+/// the whole file (a new one).
+type Edit<'a> = (&'a str, &'a str, &'a str);
+
+const TREE_FILES: [&str; 3] = [
+    "policy.toml",
+    "policies/payments.toml",
+    "policies/search.toml",
+];
+
+/// `tests/fixtures/diff-tree/old/`: a root policy delegating payments (namespace 77 or 78,
+/// line 18) and search (namespace 90 and protected refs, tokens allowed, line 24).
+fn tree_files() -> std::collections::HashMap<String, String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diff-tree/old");
+    TREE_FILES
+        .iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            ((*file).to_owned(), text)
+        })
+        .collect()
+}
+
+/// The fixture's old tree with `edits` applied, compiled.
+fn edited_tree(edits: &[Edit]) -> Policy {
+    let mut files = tree_files();
+    for (file, from, to) in edits {
+        if from.is_empty() {
+            files.insert((*file).to_owned(), (*to).to_owned());
+            continue;
+        }
+        let text = files.get_mut(*file).unwrap();
+        assert!(text.contains(from), "{from:?} is not in {file}");
+        *text = text.replace(from, to);
+    }
+    parse(
+        Path::new("org/policy.toml"),
+        &files["policy.toml"],
+        &|path| {
+            files
+                .get(path)
+                .cloned()
+                .ok_or_else(|| format!("no such file {path:?}"))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The Markdown header's count of widening changes, and the rows marked widening.
+fn marked(delta: &Delta) -> (Option<usize>, usize) {
+    let markdown = render_markdown(delta);
+    let counted = markdown
+        .split_once("**⚠ This change widens access** (")
+        .and_then(|(_, rest)| rest.split_once(" widening change(s)"))
+        .map(|(n, _)| n.parse().unwrap());
+    let rows = markdown
+        .lines()
+        .filter(|l| l.starts_with("| ⚠ widens |"))
+        .count();
+    (counted, rows)
+}
+
+const SECOND_ISSUER: [Edit; 6] = [
+    (
+        "policy.toml",
+        "[[issuer]]\nurl = \"https://gitlab.example.com\"\n",
+        "[[issuer]]\nurl = \"https://gitlab.example.com\"\n\n[[issuer]]\nurl = \"https://gitlab.example.org\"\n",
+    ),
+    (
+        "policy.toml",
+        "project_id = \"100\"",
+        "issuer = \"https://gitlab.example.com\"\nproject_id = \"100\"",
+    ),
+    (
+        "policies/payments.toml",
+        "project_id = \"7701\"",
+        "issuer = \"https://gitlab.example.com\"\nproject_id = \"7701\"",
+    ),
+    (
+        "policies/payments.toml",
+        "namespace_id = \"77\"",
+        "issuer = \"https://gitlab.example.com\"\nnamespace_id = \"77\"",
+    ),
+    (
+        "policies/search.toml",
+        "project_id = \"9001\"",
+        "issuer = \"https://gitlab.example.com\"\nproject_id = \"9001\"",
+    ),
+    (
+        "policy.toml",
+        "require = { namespace_id = [\"77\", \"78\"] }",
+        "require = { issuer = \"https://gitlab.example.com\", namespace_id = [\"77\", \"78\"] }",
+    ),
+];
+
+const PAYMENTS_REQUIRE: &str = "require = { namespace_id = [\"77\", \"78\"] }";
+const SEARCH_REQUIRE: &str = "require = { namespace_id = \"90\", ref_protected = \"true\" }";
+const PAYMENTS_ARNS: &str = "role_arns = [\"arn:aws:iam::111122223333:role/payments-*\"]";
+const SEARCH_TOKEN: &str = "[token.search-vault]\naudience = \"https://vault.example.com\"\n\n[[token.search-vault.allow]]\nproject_id = \"9001\"\nref_type = \"branch\"\nref = \"main\"\n";
+const SEARCH_INDEX: &str = "[role.search-index]\narn = \"arn:aws:iam::444455556666:role/search-index\"\nmax_duration = \"30m\"\n\n[[role.search-index.allow]]\nproject_id = \"9001\"\nref_type = \"branch\"\nref = \"main\"\n";
+const BILLING: &str = "[delegate.billing]\nfile = \"policies/billing.toml\"\nrequire = { namespace_id = \"95\" }\nrole_arns = [\"arn:aws:iam::555566667777:role/billing-*\"]\n";
+const BILLING_FILE: &str = "[role.billing-report]\narn = \"arn:aws:iam::555566667777:role/billing-report\"\n\n[[role.billing-report.allow]]\nproject_id = \"9501\"\nref_protected = \"true\"\n";
+
+#[test]
+fn each_tree_edit_is_reported_with_its_file_and_widening_ones_are_marked() {
+    let root = "policy.toml";
+    let payments = "policies/payments.toml";
+    let search = "policies/search.toml";
+    let payments_file = tree_files()[payments].clone();
+    let moved_to_root = [
+        (search, SEARCH_INDEX, ""),
+        (
+            root,
+            "[delegate.payments]",
+            &format!("{SEARCH_INDEX}\n[delegate.payments]")[..],
+        ),
+    ];
+    let with_shared = [(
+        root,
+        PAYMENTS_ARNS,
+        "role_arns = [\"arn:aws:iam::111122223333:role/payments-*\", \"arn:aws:iam::111122223333:role/shared-*\"]",
+    )];
+    let issuer_org = [(
+        root,
+        "require = { issuer = \"https://gitlab.example.com\",",
+        "require = { issuer = \"https://gitlab.example.org\",",
+    )];
+    let with_billing = format!("{BILLING}\n[delegate.search]");
+    let team_file = format!(
+        "{payments_file}\n[role.payments-x]\narn = \"arn:aws:iam::111122223333:role/payments-x\"\n\n[[role.payments-x.allow]]\nproject_id = \"7709\"\n"
+    );
+    /// (what, edits of the old tree, edits of the new, the change, widening?, a decision line)
+    type Case<'a> = (
+        &'a str,
+        Vec<Edit<'a>>,
+        Vec<Edit<'a>>,
+        &'a str,
+        bool,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "a require's pattern list grown",
+            vec![],
+            vec![(
+                root,
+                PAYMENTS_REQUIRE,
+                "require = { namespace_id = [\"77\", \"78\", \"79\"] }",
+            )],
+            "WIDENS delegate \"payments\" require changed (line 20): namespace_id: \"77\" | \"78\" → \"77\" | \"78\" | \"79\"",
+            true,
+            Some(
+                "project 7701 · namespace 79 · branch main (protected) · env production (protected): role \"payments-deploy\" deny → ALLOW",
+            ),
+        ),
+        (
+            "a pattern removed from a require's list",
+            vec![],
+            vec![(
+                root,
+                PAYMENTS_REQUIRE,
+                "require = { namespace_id = [\"77\"] }",
+            )],
+            "delegate \"payments\" require changed (line 20): namespace_id: \"77\" | \"78\" → \"77\"",
+            false,
+            Some(
+                "project 7701 · namespace 78 · branch main (protected) · env production (protected): role \"payments-deploy\" ALLOW → deny",
+            ),
+        ),
+        (
+            "a condition added to a require",
+            vec![],
+            vec![(
+                root,
+                PAYMENTS_REQUIRE,
+                "require = { namespace_id = [\"77\", \"78\"], pipeline_source = \"push\" }",
+            )],
+            "delegate \"payments\" require changed (line 20): + pipeline_source = \"push\"",
+            false,
+            None,
+        ),
+        (
+            "a condition removed from a require",
+            vec![],
+            vec![(root, SEARCH_REQUIRE, "require = { namespace_id = \"90\" }")],
+            "WIDENS delegate \"search\" require changed (line 26): − ref_protected = \"true\"",
+            true,
+            Some("project 9001 · namespace 90 · branch main: role \"search-index\" deny → ALLOW"),
+        ),
+        (
+            "a require's pattern made broader",
+            vec![],
+            vec![(root, "namespace_id = \"90\"", "namespace_id = \"9*\"")],
+            "WIDENS delegate \"search\" require changed (line 26): namespace_id: \"90\" → \"9*\"",
+            true,
+            Some(
+                "project 9001 · namespace 9x · branch main (protected): role \"search-index\" deny → ALLOW",
+            ),
+        ),
+        (
+            "a require's pattern edited, even to a narrower one, is not proven narrower",
+            vec![(root, "namespace_id = \"90\"", "namespace_id = \"9*\"")],
+            vec![],
+            "WIDENS delegate \"search\" require changed (line 26): namespace_id: \"9*\" → \"90\"",
+            true,
+            Some(
+                "project 9001 · namespace 9x · branch main (protected): role \"search-index\" ALLOW → deny",
+            ),
+        ),
+        (
+            "an issuer added to a require",
+            SECOND_ISSUER[..5].to_vec(),
+            SECOND_ISSUER.to_vec(),
+            "delegate \"payments\" require changed (line 24): + issuer = \"https://gitlab.example.com\"",
+            false,
+            None,
+        ),
+        (
+            "the require's issuer dropped",
+            SECOND_ISSUER.to_vec(),
+            SECOND_ISSUER[..5].to_vec(),
+            "WIDENS delegate \"payments\" require changed (line 24): − issuer = \"https://gitlab.example.com\"",
+            true,
+            None,
+        ),
+        (
+            "the require's issuer changed",
+            SECOND_ISSUER.to_vec(),
+            [&SECOND_ISSUER[..], &issuer_org].concat(),
+            "WIDENS delegate \"payments\" require changed (line 24): issuer: \"https://gitlab.example.com\" → \"https://gitlab.example.org\"",
+            true,
+            None,
+        ),
+        (
+            "a role_arns pattern added",
+            vec![],
+            with_shared.to_vec(),
+            "WIDENS delegate \"payments\" role_arns: arn:aws:iam::111122223333:role/payments-* → arn:aws:iam::111122223333:role/payments-*, arn:aws:iam::111122223333:role/shared-*",
+            true,
+            None,
+        ),
+        (
+            "a role_arns pattern removed",
+            with_shared.to_vec(),
+            vec![],
+            "delegate \"payments\" role_arns: arn:aws:iam::111122223333:role/payments-*, arn:aws:iam::111122223333:role/shared-* → arn:aws:iam::111122223333:role/payments-*",
+            false,
+            None,
+        ),
+        (
+            "a role_arns pattern changed",
+            vec![],
+            vec![(
+                root,
+                "iam::111122223333:role/payments-*",
+                "iam::*:role/payments-*",
+            )],
+            "WIDENS delegate \"payments\" role_arns: arn:aws:iam::111122223333:role/payments-* → arn:aws:iam::*:role/payments-*",
+            true,
+            None,
+        ),
+        (
+            "a delegate's max_duration raised",
+            vec![],
+            vec![(root, "max_duration = \"1h\"", "max_duration = \"2h\"")],
+            "WIDENS delegate \"payments\" max_duration: 1h → 2h",
+            true,
+            None,
+        ),
+        (
+            "a delegate's max_duration removed",
+            vec![],
+            vec![(root, "max_duration = \"1h\"\n", "")],
+            "WIDENS delegate \"payments\" max_duration: 1h → none",
+            true,
+            None,
+        ),
+        (
+            "a delegate's max_duration lowered",
+            vec![(root, "max_duration = \"1h\"", "max_duration = \"2h\"")],
+            vec![],
+            "delegate \"payments\" max_duration: 2h → 1h",
+            false,
+            None,
+        ),
+        (
+            "tokens allowed",
+            vec![],
+            vec![(
+                root,
+                "max_duration = \"1h\"",
+                "max_duration = \"1h\"\ntokens = true",
+            )],
+            "WIDENS delegate \"payments\" tokens: false → true",
+            true,
+            None,
+        ),
+        (
+            "tokens no longer allowed (and the file's token gone)",
+            vec![],
+            vec![(root, "tokens = true\n", ""), (search, SEARCH_TOKEN, "")],
+            "delegate \"search\" tokens: true → false",
+            false,
+            Some(
+                "project 9001 · namespace 90 · branch main (protected): token \"search-vault\" ALLOW → deny",
+            ),
+        ),
+        (
+            "a delegate added",
+            vec![],
+            vec![
+                (root, "[delegate.search]", &with_billing),
+                ("policies/billing.toml", "", BILLING_FILE),
+            ],
+            "WIDENS delegate \"billing\" added (line 24): policies/billing.toml with 1 grant(s)",
+            true,
+            Some(
+                "project 9501 · namespace 95 · any ref (protected): role \"billing-report\" deny → ALLOW",
+            ),
+        ),
+        (
+            "a delegate removed",
+            vec![],
+            vec![(
+                root,
+                "[delegate.search]\nfile = \"policies/search.toml\"\nrequire = { namespace_id = \"90\", ref_protected = \"true\" }\nrole_arns = [\"arn:aws:iam::444455556666:role/search-*\"]\nmax_duration = \"30m\"\ntokens = true\n",
+                "",
+            )],
+            "delegate \"search\" removed (was line 24): policies/search.toml (had 2 grant(s))",
+            false,
+            Some(
+                "project 9001 · namespace 90 · branch main (protected): role \"search-index\" ALLOW → deny",
+            ),
+        ),
+        (
+            "a delegate's file changed, the same grants in it",
+            vec![],
+            vec![
+                (
+                    root,
+                    "file = \"policies/payments.toml\"",
+                    "file = \"teams/payments.toml\"",
+                ),
+                ("teams/payments.toml", "", &payments_file),
+            ],
+            "delegate \"payments\" file: policies/payments.toml → teams/payments.toml",
+            false,
+            None,
+        ),
+        (
+            "a delegate's file changed, other grants in it",
+            vec![],
+            vec![
+                (
+                    root,
+                    "file = \"policies/payments.toml\"",
+                    "file = \"teams/payments.toml\"",
+                ),
+                ("teams/payments.toml", "", &team_file),
+            ],
+            "WIDENS delegate \"payments\" file: policies/payments.toml → teams/payments.toml",
+            true,
+            None,
+        ),
+        (
+            "a role added in a delegated file",
+            vec![],
+            vec![(payments, "", &team_file)],
+            "WIDENS role \"payments-x\" added in policies/payments.toml with 1 rule(s)",
+            true,
+            Some("project 7709 · namespace 77: role \"payments-x\" deny → ALLOW"),
+        ),
+        (
+            "a rule changed in a delegated file",
+            vec![],
+            vec![(payments, "ref = \"main\"", "ref = \"*\"")],
+            "WIDENS role \"payments-deploy\" rule 1 changed (line 7 of policies/payments.toml): ref: \"main\" → \"*\"",
+            true,
+            Some(
+                "project 7701 · namespace 77 · branch x (protected) · env production (protected): role \"payments-deploy\" deny → ALLOW",
+            ),
+        ),
+        (
+            "a role's session shortened in a delegated file",
+            vec![],
+            vec![(payments, "max_duration = \"30m\"", "max_duration = \"15m\"")],
+            "role \"payments-read\" max_duration in policies/payments.toml: 30m → 15m",
+            false,
+            None,
+        ),
+        (
+            "a role removed from a delegated file",
+            vec![],
+            vec![(
+                payments,
+                "[role.payments-read]\narn = \"arn:aws:iam::111122223333:role/payments-read\"\nmax_duration = \"30m\"\n\n[[role.payments-read.allow]]\nnamespace_id = \"77\"\nref_protected = \"true\"\n",
+                "",
+            )],
+            "role \"payments-read\" removed from policies/payments.toml (had 1 rule(s))",
+            false,
+            Some("namespace 77 · any ref (protected): role \"payments-read\" ALLOW → deny"),
+        ),
+        (
+            "a role moved out of its delegate into the root policy",
+            vec![],
+            moved_to_root.to_vec(),
+            "WIDENS role \"search-index\" moved from policies/search.toml (delegate \"search\") to the root policy",
+            true,
+            Some("project 9001 · branch main: role \"search-index\" deny → ALLOW"),
+        ),
+        (
+            "a role moved from the root policy into a delegate",
+            moved_to_root.to_vec(),
+            vec![],
+            "role \"search-index\" moved from the root policy to policies/search.toml (delegate \"search\")",
+            false,
+            Some("project 9001 · branch main: role \"search-index\" ALLOW → deny"),
+        ),
+    ];
+    for (what, old, new, change, widening, decision) in cases {
+        let delta = diff(&edited_tree(&old), &edited_tree(&new), &[]);
+        let text = render_text(&delta);
+        let (mark, line) = change
+            .strip_prefix("WIDENS ")
+            .map_or(("       ", change), |line| ("WIDENS ", line));
+        assert!(
+            text.lines().any(|l| l == format!("{mark}{line}")),
+            "{what}: no change {change:?} in\n{text}"
+        );
+        assert_eq!(delta.widens(), widening, "{what}:\n{text}");
+        if widening {
+            assert!(
+                text.starts_with("WIDENS"),
+                "{what}: widening first:\n{text}"
+            );
+        }
+        if let Some(decision) = decision {
+            assert!(
+                text.lines().any(|l| l == format!("  {decision}")),
+                "{what}: no {decision:?} in\n{text}"
+            );
+        }
+        let rows = delta.changes.iter().filter(|c| c.widening).count();
+        let (counted, shown) = marked(&delta);
+        assert_eq!(shown, rows, "{what}");
+        assert_eq!(counted.unwrap_or(0), rows, "{what}");
+    }
+}
+
+fn tree_fixture(side: &str) -> Policy {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/diff-tree")
+        .join(side)
+        .join("policy.toml");
+    token_broker_policy::load(&path).unwrap()
+}
+
+/// `tests/fixtures/diff-tree/`: a guardrail loosened, a delegate added with its role, a rule
+/// widened in a team's file (widening); a delegate removed with its role and token, a session
+/// shortened in a team's file (not).
+#[test]
+fn a_tree_change_lists_widening_rows_first_and_the_header_counts_them() {
+    let delta = diff(&tree_fixture("old"), &tree_fixture("new"), &[]);
+    let rows: Vec<(bool, Scope, &str, Option<&str>)> = delta
+        .changes
+        .iter()
+        .map(|c| (c.widening, c.kind, c.grant.as_str(), c.file.as_deref()))
+        .collect();
+    let payments = Some("policies/payments.toml");
+    assert_eq!(
+        rows,
+        [
+            (true, Scope::Delegate, "payments", None),
+            (true, Scope::Delegate, "billing", None),
+            (
+                true,
+                Scope::Grant(GrantKind::Role),
+                "payments-deploy",
+                payments
+            ),
+            (
+                true,
+                Scope::Grant(GrantKind::Role),
+                "billing-report",
+                Some("policies/billing.toml")
+            ),
+            (false, Scope::Delegate, "search", None),
+            (
+                false,
+                Scope::Grant(GrantKind::Role),
+                "search-index",
+                Some("policies/search.toml")
+            ),
+            (
+                false,
+                Scope::Grant(GrantKind::Token),
+                "search-vault",
+                Some("policies/search.toml")
+            ),
+            (
+                false,
+                Scope::Grant(GrantKind::Role),
+                "payments-read",
+                payments
+            ),
+        ]
+    );
+    assert_eq!(marked(&delta), (Some(4), 4));
+    let markdown = render_markdown(&delta);
+    assert_eq!(
+        markdown.lines().filter(|l| l.starts_with("|  |")).count(),
+        4,
+        "{markdown}"
+    );
+    let text = render_text(&delta);
+    assert_eq!(text.lines().filter(|l| l.starts_with("WIDENS")).count(), 4);
+    // The jobs the loosened guardrail and the new delegate let in, and those that lose access.
+    let decisions: Vec<(&str, bool)> = delta
+        .decisions
+        .iter()
+        .map(|d| (d.grant.as_str(), d.after))
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            ("payments-deploy", true),
+            ("payments-deploy", true),
+            ("billing-report", true),
+            ("search-index", false),
+            ("search-vault", false),
+        ]
+    );
+}
+
+#[test]
+fn a_delegate_added_lists_its_guardrail_and_grants_and_each_grant_is_a_row_of_its_own() {
+    let delta = diff(&tree_fixture("old"), &tree_fixture("new"), &[]);
+    let text = render_text(&delta);
+    let (_, added) = text
+        .split_once(
+            "WIDENS delegate \"billing\" added (line 24): policies/billing.toml with 1 grant(s)\n",
+        )
+        .unwrap();
+    let listed: Vec<&str> = added.lines().take(5).map(str::trim).collect();
+    assert_eq!(
+        listed,
+        [
+            "require (line 26): namespace_id = \"95\", ref_protected = \"true\"",
+            "role_arns: arn:aws:iam::555566667777:role/billing-*",
+            "max_duration: 1h",
+            "tokens: false",
+            "role \"billing-report\" with 1 rule(s)",
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains("WIDENS role \"billing-report\" added in policies/billing.toml with 1 rule(s)\n         rule 1 (line 7): project_id = \"9501\", ref = \"main\", ref_type = \"branch\"\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn json_names_the_file_of_each_change_and_rule_and_details_delegates() {
+    let json = render_json(&diff(&tree_fixture("old"), &tree_fixture("new"), &[]));
+    let changes = json["changes"].as_array().unwrap();
+    let find = |grant: &str| changes.iter().find(|c| c["grant"] == grant).unwrap();
+    let require = find("payments");
+    assert_eq!(
+        (&require["kind"], &require["change"], &require["file"]),
+        (&json!("delegate"), &json!("require_changed"), &Value::Null)
+    );
+    assert_eq!(require["before"]["line"], 20);
+    assert_eq!(
+        require["after"]["text"],
+        "namespace_id = \"77\" | \"78\" | \"79\""
+    );
+    let rule = find("payments-deploy");
+    assert_eq!(rule["file"], "policies/payments.toml");
+    assert_eq!(rule["after"]["file"], "policies/payments.toml");
+    assert_eq!(rule["after"]["line"], 7);
+    let added = &find("billing")["delegate"];
+    assert_eq!(find("billing")["change"], "delegate_added");
+    assert_eq!(added["file"], "policies/billing.toml");
+    assert_eq!(added["max_duration"], "1h");
+    assert_eq!(
+        added["grants"],
+        json!([{"kind": "role", "grant": "billing-report", "rules": 1}])
+    );
+    assert_eq!(find("search")["change"], "delegate_removed");
+    assert_eq!(find("search")["widening"], false);
+    // The root policy's own changes name no file.
+    let own = render_json(&delta_of("max_duration = \"30m\"", "max_duration = \"1h\""));
+    assert_eq!(own["changes"][0]["file"], Value::Null);
+}
