@@ -2,7 +2,9 @@
 //! who (project, namespace, path), which refs, which environments and what else it requires;
 //! or, for one project (and optionally a ref and an environment), the rules that can admit it.
 //! A rule the linter proves can never match admits no one, so it is listed apart, with why; a
-//! session is shown as long as STS will make it, not as long as the policy asks.
+//! session is shown as long as STS will make it, not as long as the policy asks. A grant of a
+//! delegated file says which delegate and file it comes from, and its guardrail's conditions are
+//! part of who can get it, each marked `(guardrail)` and listed first in its column.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::lint::{Finding, lint};
 use crate::report::markdown_cell;
-use crate::{Condition, Grant, GrantKind, Policy, Role, Rule};
+use crate::{Condition, Grant, GrantKind, Guardrail, Policy, Role, Rule};
 
 /// STS caps a role-chained session at 1 h, and in Lambda every AssumeRole is role chaining (the
 /// function runs on a role session of its own), whatever the target role's own maximum.
@@ -39,17 +41,25 @@ pub struct Row {
     pub kind: GrantKind,
     /// The role's or token grant's name.
     pub grant: String,
+    /// The delegate whose file defines the grant; `None` for the root policy's own grants.
+    pub delegate: Option<String>,
+    /// That file, relative to the root policy's directory (the rule's `line` is in it); `None`
+    /// for the root policy.
+    pub file: Option<String>,
     /// What the grant hands out: the role ARN and longest session, or the token's audience.
     pub gives: String,
     pub rule: usize,
     pub line: usize,
-    /// `project_id 4242`, `namespace_id 72 · project_path acme/*`.
+    /// `project_id 4242`, `namespace_id 72 · project_path acme/*`; for a delegated grant the
+    /// guardrail's first: `namespace_id 77 | 78 (guardrail) · project_id 7701`.
     pub who: String,
-    /// `branch main (protected)`, or `any ref`.
+    /// `branch main (protected)`, or `any ref`; a guardrail's `ref_protected true (guardrail)`
+    /// first.
     pub refs: String,
-    /// `production (protected)`, or `any`.
+    /// `production (protected)`, or `any`; a guardrail's conditions first.
     pub environments: String,
-    /// The remaining conditions (`pipeline_source push`), and the issuer when there are several.
+    /// The issuer when there are several (and the guardrail's, when it names one), then the
+    /// remaining conditions, the guardrail's first (`pipeline_source push`).
     pub also: String,
     /// Why the rule can never match, one entry per lint finding that proves it; empty (the
     /// default) for a rule that can match.
@@ -151,8 +161,8 @@ pub fn access_for(policy: &Policy, query: &Query) -> Vec<Row> {
         .grants()
         .flat_map(|g| g.rules.iter().map(move |r| (g, r)))
         .collect();
-    let admits = |rule: &Rule| {
-        let holds = |claim: &str, value: Option<&str>| match (condition(rule, claim), value) {
+    let admits = |conditions: &[Condition]| {
+        let holds = |claim: &str, value: Option<&str>| match (condition(conditions, claim), value) {
             (Some(c), Some(v)) => c.matches(Some(v)),
             _ => true,
         };
@@ -160,81 +170,158 @@ pub fn access_for(policy: &Policy, query: &Query) -> Vec<Row> {
             && holds("ref", query.git_ref.as_deref())
             && holds("environment", query.environment.as_deref())
     };
+    // A delegated rule admits only what its guardrail does too.
+    let admitted = |grant: &Grant, rule: &Rule| {
+        admits(&rule.conditions) && guardrail(grant).is_none_or(|g| admits(&g.conditions))
+    };
     access(policy)
         .into_iter()
         .filter(|row| {
             rules.iter().any(|(g, r)| {
-                g.kind == row.kind && g.name == row.grant && r.number == row.rule && admits(r)
+                g.kind == row.kind && g.name == row.grant && r.number == row.rule && admitted(g, r)
             })
         })
         .collect()
 }
 
-fn condition<'r>(rule: &'r Rule, claim: &str) -> Option<&'r Condition> {
-    rule.conditions.iter().find(|c| c.claim == claim)
+fn condition<'c>(conditions: &'c [Condition], claim: &str) -> Option<&'c Condition> {
+    conditions.iter().find(|c| c.claim == claim)
+}
+
+fn guardrail(grant: &Grant) -> Option<&Guardrail> {
+    grant.delegate.as_deref().map(|d| &d.require)
+}
+
+/// A condition's patterns as written: `77 | 78`.
+fn values(condition: &Condition) -> String {
+    condition
+        .patterns
+        .iter()
+        .map(|p| p.source())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// A column: the guardrail's conditions on its claims first, then what the rule says (`None`
+/// when it names none of them), or `default` when neither says anything.
+fn column(guarded: Vec<String>, own: Option<String>, default: &str) -> String {
+    let parts: Vec<String> = guarded.into_iter().chain(own).collect();
+    if parts.is_empty() {
+        default.to_owned()
+    } else {
+        parts.join(" · ")
+    }
 }
 
 fn rows(grant: &Grant, gives: &str, several_issuers: bool) -> Vec<Row> {
     grant
         .rules
         .iter()
-        .map(|rule| {
-            let values = |claim: &str| {
-                condition(rule, claim).map(|c| {
-                    c.patterns
-                        .iter()
-                        .map(|p| p.source())
-                        .collect::<Vec<_>>()
-                        .join(" | ")
-                })
-            };
-            let who = WHO
-                .iter()
-                .filter_map(|claim| Some(format!("{claim} {}", values(claim)?)))
-                .collect::<Vec<_>>()
-                .join(" · ");
-            let protected = |claim: &str| match values(claim).as_deref() {
-                Some("true") => " (protected)".to_owned(),
-                Some("false") => " (unprotected)".to_owned(),
-                Some(other) => format!(" ({claim} {other})"),
-                None => String::new(),
-            };
-            let refs = match (values("ref_type"), values("ref")) {
-                (Some(kind), Some(name)) => format!("{kind} {name}"),
-                (Some(kind), None) => format!("any {kind}"),
-                (None, Some(name)) => format!("ref {name}"),
-                (None, None) => "any ref".into(),
-            } + &protected("ref_protected");
-            let environments = values("environment").unwrap_or_else(|| "any".into())
-                + &protected("environment_protected");
-            let mut also: Vec<String> = rule
-                .conditions
-                .iter()
-                .filter(|c| {
-                    let claim = c.claim.as_str();
-                    !WHO.contains(&claim)
-                        && !REFS.contains(&claim)
-                        && !ENVIRONMENTS.contains(&claim)
-                })
-                .map(|c| format!("{} {}", c.claim, values(&c.claim).unwrap_or_default()))
-                .collect();
-            if several_issuers {
-                also.insert(0, format!("issuer {}", rule.issuer));
-            }
-            Row {
-                kind: grant.kind,
-                grant: grant.name.clone(),
-                gives: gives.to_owned(),
-                rule: rule.number,
-                line: rule.line,
-                who: if who.is_empty() { "anyone".into() } else { who },
-                refs,
-                environments,
-                also: also.join(" · "),
-                never_matches: Vec::new(),
-            }
-        })
+        .map(|rule| row(grant, gives, rule, several_issuers))
         .collect()
+}
+
+fn row(grant: &Grant, gives: &str, rule: &Rule, several_issuers: bool) -> Row {
+    let guardrail = guardrail(grant);
+    let named = |claim: &str| condition(&rule.conditions, claim).map(values);
+    let names = |claims: &[&str]| claims.iter().any(|c| named(c).is_some());
+    // The guardrail's conditions on `claims`: `namespace_id 77 | 78 (guardrail)`.
+    let guarded = |claims: &[&str]| -> Vec<String> {
+        guardrail
+            .iter()
+            .flat_map(|g| &g.conditions)
+            .filter(|c| claims.contains(&c.claim.as_str()))
+            .map(|c| format!("{} {} (guardrail)", c.claim, values(c)))
+            .collect()
+    };
+    let who: Vec<String> = WHO
+        .iter()
+        .filter_map(|claim| Some(format!("{claim} {}", named(claim)?)))
+        .collect();
+    let own_who = (!who.is_empty()).then(|| who.join(" · "));
+    let protected = |claim: &str| match named(claim).as_deref() {
+        Some("true") => " (protected)".to_owned(),
+        Some("false") => " (unprotected)".to_owned(),
+        Some(other) => format!(" ({claim} {other})"),
+        None => String::new(),
+    };
+    let refs = match (named("ref_type"), named("ref")) {
+        (Some(kind), Some(name)) => format!("{kind} {name}"),
+        (Some(kind), None) => format!("any {kind}"),
+        (None, Some(name)) => format!("ref {name}"),
+        (None, None) => "any ref".into(),
+    } + &protected("ref_protected");
+    let environments =
+        named("environment").unwrap_or_else(|| "any".into()) + &protected("environment_protected");
+    let mut also = Vec::new();
+    if several_issuers {
+        also.push(format!("issuer {}", rule.issuer));
+        if let Some(issuer) = guardrail.and_then(|g| g.issuer.as_ref()) {
+            also.push(format!("issuer {issuer} (guardrail)"));
+        }
+    }
+    let guardrail_rest = others(guardrail.map_or(&[], |g| &g.conditions));
+    also.extend(guardrail_rest.map(|c| format!("{} {} (guardrail)", c.claim, values(c))));
+    also.extend(others(&rule.conditions).map(|c| format!("{} {}", c.claim, values(c))));
+    let delegate = grant.delegate.as_deref();
+    Row {
+        kind: grant.kind,
+        grant: grant.name.clone(),
+        delegate: delegate.map(|d| d.name.clone()),
+        file: delegate.map(|d| d.file.clone()),
+        gives: gives.to_owned(),
+        rule: rule.number,
+        line: rule.line,
+        who: column(guarded(&WHO), own_who, "anyone"),
+        refs: column(guarded(&REFS), names(&REFS).then_some(refs.clone()), &refs),
+        environments: column(
+            guarded(&ENVIRONMENTS),
+            names(&ENVIRONMENTS).then_some(environments.clone()),
+            &environments,
+        ),
+        also: also.join(" · "),
+        never_matches: Vec::new(),
+    }
+}
+
+/// The conditions no column but `also` shows.
+fn others(conditions: &[Condition]) -> impl Iterator<Item = &Condition> {
+    conditions.iter().filter(|c| {
+        let claim = c.claim.as_str();
+        !WHO.contains(&claim) && !REFS.contains(&claim) && !ENVIRONMENTS.contains(&claim)
+    })
+}
+
+impl Row {
+    /// `role "payments-deploy" (delegate payments, policies/payments.toml)`, or for the root
+    /// policy's own grants `role "deploy-web-prod"`.
+    fn grant_label(&self) -> String {
+        match (&self.delegate, &self.file) {
+            (Some(delegate), Some(file)) => {
+                format!(
+                    "{} {:?} (delegate {delegate}, {file})",
+                    self.kind, self.grant
+                )
+            }
+            _ => format!("{} {:?}", self.kind, self.grant),
+        }
+    }
+
+    /// `line 12`, or `line 9 of policies/payments.toml` for a delegated file's rule.
+    fn at(&self) -> String {
+        match &self.file {
+            Some(file) => format!("line {} of {file}", self.line),
+            None => format!("line {}", self.line),
+        }
+    }
+
+    /// The delegate column: `payments (policies/payments.toml)`, empty for the root policy.
+    fn delegate_cell(&self) -> String {
+        match (&self.delegate, &self.file) {
+            (Some(delegate), Some(file)) => format!("{delegate} ({file})"),
+            _ => String::new(),
+        }
+    }
 }
 
 /// The table for a terminal: one block per grant, one line per rule; then the rules that can
@@ -248,7 +335,7 @@ pub fn render_text(rows: &[Row]) -> String {
     let mut current = None;
     for row in &matching {
         if current != Some((row.kind, &row.grant)) {
-            let _ = writeln!(out, "{} {:?} → {}", row.kind, row.grant, row.gives);
+            let _ = writeln!(out, "{} → {}", row.grant_label(), row.gives);
             current = Some((row.kind, &row.grant));
         }
         let also = if row.also.is_empty() {
@@ -268,11 +355,11 @@ pub fn render_text(rows: &[Row]) -> String {
     for row in &never {
         let _ = writeln!(
             out,
-            "  {} {:?} rule {} (line {}): never matches {}",
+            "  {} {:?} rule {} ({}): never matches {}",
             row.kind,
             row.grant,
             row.rule,
-            row.line,
+            row.at(),
             reasons(row)
         );
     }
@@ -294,15 +381,29 @@ fn reasons(row: &Row) -> String {
 }
 
 /// The table as Markdown; the rules that can never match in a table of their own below it.
+/// When some row comes from a delegated file, a `delegate` column names its delegate and file
+/// (a policy that delegates nothing reads as before).
 pub fn render_markdown(rows: &[Row]) -> String {
     let (matching, never) = split(rows);
-    let mut out = String::from(
-        "| grant | gives | rule | who | refs | environments | also |\n|---|---|---|---|---|---|---|\n",
-    );
+    let delegated = rows.iter().any(|r| r.delegate.is_some());
+    let mut out = if delegated {
+        String::from(
+            "| grant | delegate | gives | rule | who | refs | environments | also |\n|---|---|---|---|---|---|---|---|\n",
+        )
+    } else {
+        String::from(
+            "| grant | gives | rule | who | refs | environments | also |\n|---|---|---|---|---|---|---|\n",
+        )
+    };
     for row in matching {
+        let delegate = if delegated {
+            format!(" {} |", markdown_cell(&row.delegate_cell()))
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "| {} {} | {} | {} (line {}) | {} | {} | {} | {} |",
+            "| {} {} |{delegate} {} | {} (line {}) | {} | {} | {} | {} |",
             row.kind,
             markdown_cell(&row.grant),
             markdown_cell(&row.gives),
@@ -320,11 +421,11 @@ pub fn render_markdown(rows: &[Row]) -> String {
     for row in never {
         let _ = writeln!(
             out,
-            "| {} {} | {} (line {}) | {} |",
+            "| {} {} | {} ({}) | {} |",
             row.kind,
             markdown_cell(&row.grant),
             row.rule,
-            row.line,
+            markdown_cell(&row.at()),
             markdown_cell(&reasons(row))
         );
     }
@@ -332,13 +433,13 @@ pub fn render_markdown(rows: &[Row]) -> String {
 }
 
 /// The table for machines: `access` the rules that can match, `never_matches` those that never
-/// can, each with its findings.
+/// can, each with its findings; `delegate` and `file` are null for the root policy's grants.
 pub fn render_json(rows: &[Row]) -> Value {
     let (matching, never) = split(rows);
     let row = |r: &Row| {
-        json!({"kind": r.kind.to_string(), "grant": r.grant, "gives": r.gives, "rule": r.rule,
-               "line": r.line, "who": r.who, "refs": r.refs, "environments": r.environments,
-               "also": r.also})
+        json!({"kind": r.kind.to_string(), "grant": r.grant, "delegate": r.delegate,
+               "file": r.file, "gives": r.gives, "rule": r.rule, "line": r.line, "who": r.who,
+               "refs": r.refs, "environments": r.environments, "also": r.also})
     };
     let never: Vec<Value> = never
         .into_iter()

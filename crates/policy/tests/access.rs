@@ -241,3 +241,165 @@ fn sessions_are_shown_as_long_as_role_chaining_lets_them_be_in_every_format() {
         example[0].gives
     );
 }
+
+/// `tests/fixtures/access-tree/`: a root role, and two delegates' files (payments: namespace 77
+/// or 78; search: namespace 90, protected refs, a push or web pipeline), one rule of which has
+/// a typo in a claim name.
+fn tree_fixture() -> token_broker_policy::Policy {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/access-tree/policy.toml");
+    token_broker_policy::load(&path).unwrap()
+}
+
+#[test]
+fn a_delegated_grant_says_where_it_comes_from_and_its_guardrail_is_part_of_who_gets_it() {
+    let rows = access(&tree_fixture());
+    let text = render_text(&rows);
+    assert_eq!(
+        text,
+        "role \"platform-deploy\" → arn:aws:iam::123456789012:role/token-broker-target-platform-deploy (≤ 3600 s)
+  rule 1 (line 12): project_id 100 · branch main (protected) · env any
+role \"payments-deploy\" (delegate payments, policies/payments.toml) → arn:aws:iam::111122223333:role/payments-deploy (≤ 3600 s)
+  rule 1 (line 6): namespace_id 77 | 78 (guardrail) · project_id 7701 · branch main (protected) · env production (protected)
+role \"payments-read\" (delegate payments, policies/payments.toml) → arn:aws:iam::111122223333:role/payments-read (≤ 1800 s)
+  rule 1 (line 18): namespace_id 77 | 78 (guardrail) · namespace_id 77 · any ref · env any
+role \"search-index\" (delegate search, policies/search.toml) → arn:aws:iam::444455556666:role/search-index (≤ 1800 s)
+  rule 1 (line 8): namespace_id 90 (guardrail) · project_id 9001 · ref_protected true (guardrail) · branch main · env any · pipeline_source push | web (guardrail)
+token \"search-vault\" (delegate search, policies/search.toml) → aud https://vault.example.com (≤ 900 s)
+  rule 1 (line 16): namespace_id 90 (guardrail) · project_id 9001 · ref_protected true (guardrail) · env any · pipeline_source push | web (guardrail)
+
+rules that can never match:
+  role \"payments-read\" rule 2 (line 21 of policies/payments.toml): never matches [TB105: GitLab issues no claim \"projectid\"; did you mean \"project_id\"?]
+"
+    );
+    let row = |grant: &str| rows.iter().find(|r| r.grant == grant).unwrap();
+    assert_eq!(
+        (
+            row("platform-deploy").delegate.as_deref(),
+            row("platform-deploy").file.as_deref()
+        ),
+        (None, None)
+    );
+    assert_eq!(
+        (
+            row("search-vault").delegate.as_deref(),
+            row("search-vault").file.as_deref()
+        ),
+        (Some("search"), Some("policies/search.toml"))
+    );
+    // A guardrail on refs where the rule names none: no "any ref" beside it.
+    assert_eq!(row("search-vault").refs, "ref_protected true (guardrail)");
+}
+
+#[test]
+fn markdown_has_a_delegate_column_when_a_grant_is_delegated_and_json_a_delegate_and_file() {
+    let rows = access(&tree_fixture());
+    let markdown = render_markdown(&rows);
+    let (table, apart) = markdown
+        .split_once("\n**Rules that can never match** (they admit no one):\n\n")
+        .unwrap();
+    assert!(
+        table.starts_with(
+            "| grant | delegate | gives | rule | who | refs | environments | also |\n"
+        ),
+        "{markdown}"
+    );
+    for line in table.lines() {
+        assert_eq!(line.replace(r"\|", "").matches('|').count(), 9, "{line}");
+    }
+    assert!(
+        table.contains("| role platform-deploy |  | arn:"),
+        "the root's grants have an empty delegate cell: {markdown}"
+    );
+    assert!(
+        table.contains("| role payments-deploy | payments \\(policies/payments.toml\\) | arn:"),
+        "{markdown}"
+    );
+    assert!(
+        apart.contains("| role payments-read | 2 (line 21 of policies/payments.toml) |"),
+        "{markdown}"
+    );
+
+    let json = render_json(&rows);
+    let access = json["access"].as_array().unwrap();
+    assert_eq!(access[0]["delegate"], serde_json::Value::Null);
+    assert_eq!(access[0]["file"], serde_json::Value::Null);
+    assert_eq!(access[1]["delegate"], "payments");
+    assert_eq!(access[1]["file"], "policies/payments.toml");
+    assert_eq!(
+        access[1]["who"],
+        "namespace_id 77 | 78 (guardrail) · project_id 7701"
+    );
+    assert_eq!(json["never_matches"][0]["file"], "policies/payments.toml");
+}
+
+/// A root policy with two issuers whose `search` delegate's guardrail pins one of them, a
+/// project list and a ref; `rule` is the team's one rule.
+fn guarded(rule: &str) -> token_broker_policy::Policy {
+    let root = r#"audience = "https://token-broker.example.com"
+
+[[issuer]]
+url = "https://gitlab.example.com"
+
+[[issuer]]
+url = "https://gitlab.example.org"
+
+[delegate.search]
+file = "search.toml"
+require = { issuer = "https://gitlab.example.com", project_id = ["9001", "9002"], ref = "main" }
+role_arns = ["arn:aws:iam::444455556666:role/search-*"]
+"#;
+    let team = format!(
+        "[role.search-index]\narn = \"arn:aws:iam::444455556666:role/search-index\"\n\n[[role.search-index.allow]]\nissuer = \"https://gitlab.example.com\"\n{rule}\n"
+    );
+    token_broker_policy::parse(Path::new("org/policy.toml"), root, &|path| {
+        (path == "search.toml")
+            .then(|| team.clone())
+            .ok_or_else(|| format!("no such file {path:?}"))
+    })
+    .unwrap()
+}
+
+#[test]
+fn one_projects_view_keeps_a_delegated_rule_only_where_its_guardrail_admits_the_project_too() {
+    // (the team's rule, project, ref, listed?)
+    let cases = [
+        ("namespace_id = \"90\"", "9001", None, true),
+        ("namespace_id = \"90\"", "9002", Some("main"), true),
+        ("namespace_id = \"90\"", "7777", None, false),
+        ("namespace_id = \"90\"", "9001", Some("feature/x"), false),
+        ("project_id = \"9001\"", "9001", Some("main"), true),
+        ("project_id = \"9001\"", "9002", None, false),
+        ("project_id = [\"9001\", \"7777\"]", "7777", None, false),
+    ];
+    for (rule, project, git_ref, listed) in cases {
+        let query = Query {
+            project_id: project.into(),
+            git_ref: git_ref.map(Into::into),
+            environment: None,
+        };
+        let rows = access_for(&guarded(rule), &query);
+        assert_eq!(
+            rows.len(),
+            usize::from(listed),
+            "{rule} {project} {git_ref:?}"
+        );
+    }
+}
+
+#[test]
+fn a_guardrails_issuer_and_other_conditions_are_shown_where_the_rules_would_be() {
+    let rows = access(&guarded(
+        "namespace_id = \"90\"\npipeline_source = \"push\"",
+    ));
+    let row = &rows[0];
+    assert_eq!(
+        row.who,
+        "project_id 9001 | 9002 (guardrail) · namespace_id 90"
+    );
+    assert_eq!(row.refs, "ref main (guardrail)");
+    assert_eq!(row.environments, "any");
+    assert_eq!(
+        row.also,
+        "issuer https://gitlab.example.com · issuer https://gitlab.example.com (guardrail) · pipeline_source push"
+    );
+}
