@@ -634,3 +634,68 @@ fn deploying_step_one_works_as_written_with_the_example_role_uncommented() {
         stdout(&test)
     );
 }
+
+/// A policy tree through `token-broker policy`: the shipped example passes `check` with warnings
+/// denied and its cases in each of its three files; a tree with findings has each one in its own
+/// file, in Code Quality from the repository's root; `explain` places a team's rule in its file
+/// and says how its guardrail fared.
+#[test]
+fn every_policy_command_sees_the_whole_tree() {
+    let example = "examples/delegation/policy.toml";
+    let check = broker(&["policy", "check", "--deny-warnings", example]);
+    assert_eq!(check.status.code(), Some(0), "{}", stdout(&check));
+    let test = broker(&["policy", "test", example]);
+    assert_eq!(test.status.code(), Some(0), "{}", stdout(&test));
+    for file in ["policy", "policies/payments", "policies/search"] {
+        let counted = format!("examples/delegation/{file}.tests.toml: ");
+        assert!(stdout(&test).contains(&counted), "{}", stdout(&test));
+    }
+
+    let tree = "crates/policy/tests/fixtures/lint/tree/policy.toml";
+    let output = broker(&["policy", "check", "--format", "codequality", tree]);
+    assert_eq!(output.status.code(), Some(1));
+    let issues: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let placed: Vec<(&str, &str)> = issues
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["check_name"].as_str().unwrap(),
+                i["location"]["path"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let payments = "crates/policy/tests/fixtures/lint/tree/policies/payments.toml";
+    assert_eq!(
+        placed,
+        [("TB111", tree), ("TB103", payments), ("TB104", payments)]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let claims = dir.path().join("moved.json");
+    std::fs::write(
+        &claims,
+        r#"{"iss": "https://gitlab.example.com", "project_id": "7701", "namespace_id": "666",
+            "ref_type": "branch", "ref": "main", "ref_protected": "true",
+            "environment": "production", "environment_protected": "true"}"#,
+    )
+    .unwrap();
+    let explain = broker(&[
+        "policy",
+        "explain",
+        example,
+        "--claims",
+        claims.to_str().unwrap(),
+        "--role",
+        "payments-deploy",
+    ]);
+    assert_eq!(explain.status.code(), Some(0));
+    assert_eq!(
+        stdout(&explain),
+        "role \"payments-deploy\": DENY: role \"payments-deploy\": rule 1 matches, but claim \
+         \"namespace_id\" = \"666\" is outside the guardrail of delegate \"payments\"\n  \
+         rule 1 (policies/payments.toml line 9): matches\n  \
+         guardrail of delegate \"payments\" (policy.toml line 22): fails: namespace_id = \"666\" is not 77 | 78\n"
+    );
+}

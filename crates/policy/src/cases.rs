@@ -1,12 +1,13 @@
-//! Decision cases kept beside a policy (`policy.tests.toml`): claims, a role, the expected
-//! outcome. `policy test` runs them so a policy change is tested in the pipeline that deploys it.
+//! Decision cases kept beside a policy (`policy.tests.toml`), and beside each delegated file of a
+//! tree (`payments.tests.toml` beside `payments.toml`): claims, a role, the expected outcome.
+//! `policy test` runs them so a policy change is tested in the pipeline that deploys it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::explain::{Explanation, explain};
-use crate::{Claims, Decision, Denial, GrantKind, Policy};
+use crate::explain::{Explanation, ROOT, explain_named, root_name};
+use crate::{Claims, Decision, Delegate, Denial, GrantKind, Policy, beside};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,8 +78,29 @@ impl Outcome {
     }
 }
 
-/// Runs the cases in `path` against `policy`. Errors are problems with the file itself.
+/// The cases file of a delegated file of the root policy at `root`: `<stem>.tests.toml` beside
+/// it (`policies/payments.tests.toml` for `policies/payments.toml`). Its team keeps it, as it
+/// keeps the file; its cases decide against the whole tree, like the root's.
+pub fn for_delegate(root: &Path, delegate: &Delegate) -> PathBuf {
+    let file = beside(root, &delegate.file);
+    let stem = file
+        .file_stem()
+        .map_or_else(String::new, |stem| stem.to_string_lossy().into_owned());
+    file.with_file_name(format!("{stem}.tests.toml"))
+}
+
+/// Runs the cases in `path` against `policy`. Errors are problems with the file itself. A
+/// failure's trace names the root policy `root policy`; [`run_in`] names the file.
 pub fn run(policy: &Policy, path: &Path) -> Result<Outcome, String> {
+    run_named(policy, ROOT, path)
+}
+
+/// [`run`] for the policy read from `root`, whose file name the traces give a guardrail's line.
+pub fn run_in(policy: &Policy, root: &Path, path: &Path) -> Result<Outcome, String> {
+    run_named(policy, &root_name(root), path)
+}
+
+fn run_named(policy: &Policy, root: &str, path: &Path) -> Result<Outcome, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let file: CaseFile =
         toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
@@ -94,8 +116,9 @@ pub fn run(policy: &Policy, path: &Path) -> Result<Outcome, String> {
             .map_err(|e| format!("{}: case {:?}: {e}", path.display(), case.name))?;
         let failure = check(case, decision).map(|problem| CaseFailure {
             problem,
-            trace: explain(
+            trace: explain_named(
                 policy,
+                root,
                 &claims,
                 case.role.as_deref().or(case.token.as_deref()),
             ),

@@ -1,6 +1,9 @@
 //! `token-broker policy …` and `token-broker-policy …` (one code, two binaries): check, test,
 //! explain, diff and access, the policy tooling a deploy pipeline and a merge request review run. Needs no network and no AWS; prints for people by default,
 //! JSON for machines with `--format json`, and GitLab's report formats where GitLab reads them.
+//! A policy tree is one policy to every command: `check` lints every file of it and names the
+//! file of each finding, `test` runs the cases kept beside each file, `explain` says in which
+//! file each rule is and how its guardrail fared.
 
 mod access;
 mod diff;
@@ -10,10 +13,10 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use crate::cases;
-use crate::explain::explain;
+use crate::cases::{self, Outcome};
+use crate::explain::explain_in;
 use crate::lint::{Finding, Severity, lint, render_human};
-use crate::report::{code_quality, junit, junit_error, repository_path};
+use crate::report::{Paths, Suite, code_quality, junit_suites, repository_path};
 use crate::{Claims, Policy, PolicyError, load};
 
 /// Arguments of `policy`: which of its subcommands to run.
@@ -33,7 +36,8 @@ enum Command {
         #[arg(long)]
         deny_warnings: bool,
     },
-    /// Run decision cases (default: policy.tests.toml beside the policy); exit 1 on a failure.
+    /// Run decision cases (default: policy.tests.toml beside the policy), and those beside each
+    /// delegated file (NAME.tests.toml beside NAME.toml); exit 1 on a failure.
     Test {
         file: PathBuf,
         cases: Option<PathBuf>,
@@ -113,13 +117,14 @@ fn cases_beside(policy: &Path) -> PathBuf {
     policy.with_file_name("policy.tests.toml")
 }
 
-/// Compiles and lints `file`. Exit 1 on a compile error or an error finding (or any warning
-/// with `deny_warnings`), else 0.
+/// Compiles and lints `file` and every file it delegates to. Exit 1 on a compile error or an
+/// error finding (or any warning with `deny_warnings`), else 0.
 fn check(file: &Path, format: Format, deny_warnings: bool) -> ExitCode {
-    let (findings, compile_error): (_, Option<PolicyError>) = match load(file) {
-        Ok(policy) => (lint(&policy), None),
-        Err(error) => (Vec::new(), Some(error)),
+    let (policy, compile_error): (Option<Policy>, Option<PolicyError>) = match load(file) {
+        Ok(policy) => (Some(policy), None),
+        Err(error) => (None, Some(error)),
     };
+    let findings = policy.as_ref().map(lint).unwrap_or_default();
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)
@@ -133,13 +138,16 @@ fn check(file: &Path, format: Format, deny_warnings: bool) -> ExitCode {
         ),
         Format::Human => print!("{}", check_human(file, &findings, message.as_deref())),
         Format::Codequality => {
-            let compile_error = compile_error.as_ref().map(|e| (e.line, e.message.as_str()));
-            // Paths as GitLab shows them in the merge request: from the repository's root.
-            let path = repository_path(file);
-            println!(
-                "{}",
-                code_quality(Path::new(&path), &findings, compile_error)
-            );
+            // Paths as GitLab shows them in the merge request: from the repository's root; a
+            // compile error in a delegated file is in that file.
+            let delegated = policy.iter().flat_map(|p| &p.delegates);
+            let paths = Paths::in_repository(file, delegated.map(|d| d.file.as_str()));
+            let error_path = compile_error.as_ref().map(|e| repository_path(&e.file));
+            let compile_error = compile_error
+                .as_ref()
+                .zip(error_path.as_deref())
+                .map(|(e, path)| (path, e.line, e.message.as_str()));
+            println!("{}", code_quality(&paths, &findings, compile_error));
         }
     }
     let failed = compile_error.is_some() || errors > 0 || (deny_warnings && warnings > 0);
@@ -161,7 +169,7 @@ fn check_json(
         .iter()
         .map(|f| {
             json!({"id": f.id, "name": f.name, "severity": f.severity.to_string(), "kind": f.kind.to_string(), "grant": f.grant,
-                   "rule": f.rule, "line": f.line, "message": f.message})
+                   "file": f.path_in(file).display().to_string(), "rule": f.rule, "line": f.line, "message": f.message})
         })
         .collect();
     json!({"file": file.display().to_string(), "compile_error": compile_error, "findings": findings,
@@ -177,63 +185,146 @@ fn check_human(file: &Path, findings: &[Finding], compile_error: Option<&str>) -
     }
 }
 
-/// Runs the decision cases in `cases_file` (default: `policy.tests.toml` beside the policy), and
-/// writes them as JUnit XML to `junit_file` when asked.
+/// One cases file of a `policy test` run, and how it went.
+struct CasesRun {
+    file: PathBuf,
+    result: Result<Outcome, NotRun>,
+}
+
+/// Why a cases file could not run: what failed (the JUnit case's name), the loader's `reason`
+/// (what stderr says), and `problem`, the two together (the JUnit failure).
+struct NotRun {
+    what: &'static str,
+    reason: String,
+    problem: String,
+}
+
+impl NotRun {
+    fn new(what: &'static str, problem: &str, reason: String) -> Self {
+        Self {
+            what,
+            problem: format!("{problem}: {reason}"),
+            reason,
+        }
+    }
+}
+
+impl CasesRun {
+    fn suite(&self) -> Suite<'_> {
+        match &self.result {
+            Ok(outcome) => Suite::Ran {
+                cases_file: &self.file,
+                outcome,
+            },
+            Err(not_run) => Suite::Failed {
+                cases_file: &self.file,
+                what: not_run.what,
+                reason: &not_run.problem,
+            },
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.result
+            .as_ref()
+            .map_or(true, |outcome| outcome.failures().next().is_some())
+    }
+}
+
+/// Runs the decision cases of `file`'s policy: those in `cases_file` (default:
+/// `policy.tests.toml` beside the policy), then for each delegated file those beside it, when
+/// it has any ([`cases::for_delegate`]); writes them as JUnit XML to `junit_file` when asked,
+/// one suite per cases file. Exit 1 when a case fails or a cases file cannot run.
 fn test(file: &Path, cases_file: Option<PathBuf>, junit_file: Option<&Path>) -> ExitCode {
-    let cases_file = cases_file.unwrap_or_else(|| cases_beside(file));
-    let loaded = load(file)
-        .map_err(|e| {
-            (
+    let root_cases = cases_file.unwrap_or_else(|| cases_beside(file));
+    let runs = match load(file) {
+        // The report GitLab shows still says why: a policy that does not compile is when the
+        // merge request most needs one.
+        Err(error) => vec![CasesRun {
+            file: root_cases,
+            result: Err(NotRun::new(
                 "the policy compiles",
                 "the policy does not compile",
-                e.to_string(),
-            )
-        })
-        .and_then(|p| {
-            cases::run(&p, &cases_file).map_err(|e| {
-                (
-                    "the decision cases load",
-                    "the decision cases do not load",
-                    e,
-                )
-            })
-        });
-    let outcome = match loaded {
-        Ok(outcome) => outcome,
-        Err((case, problem, reason)) => {
-            eprintln!("error: {reason}");
-            // The report GitLab shows still says why: a policy that does not compile is when
-            // the merge request most needs one.
-            if let Some(path) = junit_file {
-                let report = junit_error(&cases_file, case, &format!("{problem}: {reason}"));
-                if let Err(error) = std::fs::write(path, report) {
-                    eprintln!("error: {}: {error}", path.display());
-                }
-            }
-            return ExitCode::FAILURE;
+                error.to_string(),
+            )),
+        }],
+        Ok(policy) => {
+            let delegated = policy
+                .delegates
+                .iter()
+                .map(|d| cases::for_delegate(file, d))
+                .filter(|path| path.exists());
+            std::iter::once(root_cases)
+                .chain(delegated)
+                .map(|path| CasesRun {
+                    result: cases::run_in(&policy, file, &path).map_err(|e| {
+                        NotRun::new(
+                            "the decision cases load",
+                            "the decision cases do not load",
+                            e,
+                        )
+                    }),
+                    file: path,
+                })
+                .collect()
         }
     };
-    for (name, failure) in outcome.failures() {
-        println!("FAIL {name:?}: {}", failure.problem);
-        for explanation in &failure.trace {
-            print!("{}", indent(&explanation.to_string()));
+    print_runs(&runs);
+    let mut failed = runs.iter().any(CasesRun::failed);
+    if let Some(path) = junit_file {
+        let suites: Vec<Suite<'_>> = runs.iter().map(CasesRun::suite).collect();
+        if let Err(error) = std::fs::write(path, junit_suites(&suites)) {
+            eprintln!("error: {}: {error}", path.display());
+            failed = true;
         }
     }
-    println!(
-        "policy cases: {} passed, {} failed",
-        outcome.passed(),
-        outcome.cases.len() - outcome.passed()
-    );
-    if let Some(path) = junit_file
-        && let Err(error) = std::fs::write(path, junit(&cases_file, &outcome))
-    {
-        eprintln!("error: {}: {error}", path.display());
-        return ExitCode::FAILURE;
-    }
-    if outcome.failures().next().is_none() {
-        ExitCode::SUCCESS
-    } else {
+    if failed {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// What `policy test` prints: each failing case with its trace, then the counts; for several
+/// cases files, each file's counts before its failures. Why a file could not run goes to stderr.
+fn print_runs(runs: &[CasesRun]) {
+    let several = runs.len() > 1;
+    let (mut passed, mut failed, mut unrun) = (0, 0, 0);
+    for run in runs {
+        let outcome = match &run.result {
+            Ok(outcome) => outcome,
+            Err(not_run) => {
+                eprintln!("error: {}", not_run.reason);
+                if several {
+                    println!("{}: not run", run.file.display());
+                }
+                unrun += 1;
+                continue;
+            }
+        };
+        let file_failed = outcome.cases.len() - outcome.passed();
+        if several {
+            println!(
+                "{}: {} passed, {file_failed} failed",
+                run.file.display(),
+                outcome.passed()
+            );
+        }
+        for (name, failure) in outcome.failures() {
+            println!("FAIL {name:?}: {}", failure.problem);
+            for explanation in &failure.trace {
+                print!("{}", indent(&explanation.to_string()));
+            }
+        }
+        (passed, failed) = (passed + outcome.passed(), failed + file_failed);
+    }
+    match (several, unrun) {
+        // One cases file that could not run: its error says it all, as it always has.
+        (false, 1) => {}
+        (_, 0) => println!("policy cases: {passed} passed, {failed} failed"),
+        (_, n) => {
+            println!("policy cases: {passed} passed, {failed} failed, {n} cases file(s) not run")
+        }
     }
 }
 
@@ -244,7 +335,7 @@ fn explain_claims(file: &Path, claims_file: &Path, role: Option<&str>) -> ExitCo
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let explanations = explain(&policy, &claims, role);
+    let explanations = explain_in(&policy, file, &claims, role);
     if explanations.is_empty() {
         eprintln!(
             "error: no role {:?} in {}",

@@ -1,17 +1,21 @@
 //! Lints: policies that compile but are dangerous, each with a stable id. Errors block a deploy;
 //! warnings are for a person to weigh (or `--deny-warnings`). Compile errors come first and stop
-//! before linting.
+//! before linting. A policy tree is linted file by file: each finding says which file it is in,
+//! a delegated file's rules are weighed with their delegate's guardrail (which every job they
+//! admit meets too), and each guardrail is linted in the root policy.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::gitlab::{
     FORK_CODE_SOURCES, FREE_FORM, IDENTIFYING, JOB_IDENTITY, KNOWN_CLAIMS, NOT_STRINGS,
     SOMETIMES_ABSENT, did_you_mean,
 };
-use crate::{Condition, Grant, GrantKind, Pattern, Policy, Role, Rule, parse};
+use crate::{
+    Condition, Delegate, Grant, GrantKind, Guardrail, Pattern, Policy, Role, Rule, beside, parse,
+};
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -29,6 +33,40 @@ impl fmt::Display for Severity {
     }
 }
 
+/// What a finding is about: a role, a token, or a `[delegate.NAME]` entry of the root policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Role,
+    Token,
+    Delegate,
+}
+
+impl From<GrantKind> for Kind {
+    fn from(kind: GrantKind) -> Self {
+        match kind {
+            GrantKind::Role => Self::Role,
+            GrantKind::Token => Self::Token,
+        }
+    }
+}
+
+/// So a finding is matched against a grant as `finding.kind == grant.kind`.
+impl PartialEq<GrantKind> for Kind {
+    fn eq(&self, other: &GrantKind) -> bool {
+        *self == Self::from(*other)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Role => "role",
+            Self::Token => "token",
+            Self::Delegate => "delegate",
+        })
+    }
+}
+
 /// One lint finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -37,10 +75,14 @@ pub struct Finding {
     /// Stable name, e.g. `unpinned-identity`.
     pub name: &'static str,
     pub severity: Severity,
-    /// Whether the finding is about a role or a token.
-    pub kind: GrantKind,
-    /// The role's or token's name.
+    /// Whether the finding is about a role, a token or a delegate entry.
+    pub kind: Kind,
+    /// The role's, token's or delegate's name.
     pub grant: String,
+    /// The delegated file the finding is in, relative to the root policy's directory, as the root
+    /// names it ([`Delegate::file`]); `None` for the root policy, which holds its own grants and
+    /// every delegate entry. See [`Finding::path_in`].
+    pub file: Option<String>,
     /// 1-based rule number, when the finding is about one rule.
     pub rule: Option<usize>,
     /// What that rule says, in a canonical order (see [`rule_content`]); `None` for a finding
@@ -50,8 +92,9 @@ pub struct Finding {
     /// The claim the finding is about, when it is about one (TB102, TB105: a condition's claim;
     /// TB107, TB108: a session tag's), so two findings of one lint on one rule stay apart.
     pub subject: Option<String>,
-    /// Line in the policy file: the rule's, or for a finding about a role's settings the line of
-    /// the key it is about (`session_tags`, `max_duration`).
+    /// Line in the file the finding is in (`file`): the rule's, for a finding about a role's
+    /// settings the line of the key it is about (`session_tags`, `max_duration`), for one about a
+    /// delegate the line of its `require`.
     pub line: usize,
     pub message: String,
 }
@@ -118,17 +161,36 @@ pub const LINTS: &[(&str, &str, Severity, &str)] = &[
         Severity::Error,
         "a rule names the project or group only by job_project_* / job_namespace_* claims, which a fork's merge-request pipeline run there carries too; pin project_id or namespace_id, or require ref_protected = \"true\", environment_protected = \"true\" or a pipeline_source other than merge_request_event and parent_pipeline",
     ),
+    (
+        "TB111",
+        "guardrail-pins-no-id",
+        Severity::Error,
+        "a delegate's require pins no id (an exact project_id, namespace_id, job_project_id or job_namespace_id), so the team's file may name any project",
+    ),
+];
+
+/// The claims that pin an immutable id: of the project or group whose code the job runs
+/// (`project_id`, `namespace_id`), or of the one it runs in (`job_project_id`,
+/// `job_namespace_id`). Either answers TB101 and TB111 (a path renamed and re-registered by
+/// someone else); a rule that pins only the latter is TB110's.
+const ID_CLAIMS: [&str; 4] = [
+    "project_id",
+    "namespace_id",
+    "job_project_id",
+    "job_namespace_id",
 ];
 
 /// STS's cap on a role-chained session, which every session the broker starts in Lambda is.
 const ROLE_CHAINING_CAP: Duration = Duration::from_secs(3600);
 
-/// Every finding for `policy`, in file order.
+/// Every finding for `policy`: the root policy's, then each delegated file's in the order the
+/// root names them, each file's in line order.
 pub fn lint(policy: &Policy) -> Vec<Finding> {
     let mut findings = Vec::new();
     for grant in policy.grants() {
+        let guardrail = grant.delegate.as_deref().map(|d| &d.require);
         for rule in &grant.rules {
-            lint_rule(grant, rule, &mut findings);
+            lint_rule(grant, Effective { rule, guardrail }, &mut findings);
         }
         lint_shadowing(grant, &mut findings);
     }
@@ -136,26 +198,63 @@ pub fn lint(policy: &Policy) -> Vec<Finding> {
         lint_session_tags(role, &mut findings);
         lint_role_chaining(role, &mut findings);
     }
-    findings.sort_by_key(|f| (f.line, f.id));
+    for delegate in &policy.delegates {
+        lint_guardrail(delegate, &mut findings);
+    }
+    let file_order = |f: &Finding| {
+        f.file.as_ref().map_or(0, |file| {
+            1 + policy
+                .delegates
+                .iter()
+                .position(|d| &d.file == file)
+                .unwrap_or(policy.delegates.len())
+        })
+    };
+    findings.sort_by_key(|f| (file_order(f), f.line, f.id));
     findings
 }
 
-fn finding(id: &'static str, grant: &Grant, rule: Option<&Rule>, message: String) -> Finding {
+/// A lint's name and severity, from [`LINTS`].
+fn listed(id: &str) -> (&'static str, Severity) {
     let &(_, name, severity, _) = LINTS
         .iter()
         .find(|(known, ..)| *known == id)
         .expect("a listed lint");
+    (name, severity)
+}
+
+fn finding(id: &'static str, grant: &Grant, rule: Option<&Rule>, message: String) -> Finding {
+    let (name, severity) = listed(id);
     let line = rule.or(grant.rules.first()).map_or(0, |r| r.line);
     Finding {
         id,
         name,
         severity,
-        kind: grant.kind,
+        kind: grant.kind.into(),
         grant: grant.name.clone(),
+        file: grant.delegate.as_ref().map(|d| d.file.clone()),
         rule: rule.map(|r| r.number),
         rule_content: rule.map(rule_content),
         subject: None,
         line,
+        message,
+    }
+}
+
+/// A finding about `delegate`'s entry in the root policy, at its `require` line.
+fn delegate_finding(id: &'static str, delegate: &Delegate, message: String) -> Finding {
+    let (name, severity) = listed(id);
+    Finding {
+        id,
+        name,
+        severity,
+        kind: Kind::Delegate,
+        grant: delegate.name.clone(),
+        file: None,
+        rule: None,
+        rule_content: None,
+        subject: None,
+        line: delegate.require.line,
         message,
     }
 }
@@ -197,29 +296,69 @@ fn condition<'a>(rule: &'a Rule, claim: &str) -> Option<&'a Condition> {
     rule.conditions.iter().find(|c| c.claim == claim)
 }
 
-fn pins(rule: &Rule, claim: &str) -> bool {
-    condition(rule, claim)
-        .is_some_and(|c| c.patterns.iter().all(|p| matches!(p, Pattern::Exact(_))))
+/// Whether the condition names only exact values.
+fn exact(condition: &Condition) -> bool {
+    condition
+        .patterns
+        .iter()
+        .all(|p| matches!(p, Pattern::Exact(_)))
 }
 
-fn requires_true(rule: &Rule, claim: &str) -> bool {
-    condition(rule, claim).is_some_and(|c| c.patterns.iter().all(|p| p.source() == "true"))
+/// Whether the condition admits only `"true"`.
+fn only_true(condition: &Condition) -> bool {
+    condition.patterns.iter().all(|p| p.source() == "true")
 }
 
-fn lint_rule(grant: &Grant, rule: &Rule, findings: &mut Vec<Finding>) {
-    let n = rule.number;
-    if !rule.allow_path_only && !pins_an_id(rule) {
-        findings.push(finding("TB101", grant, Some(rule), format!("rule {n} pins neither project_id nor namespace_id; paths can be renamed and re-registered by someone else (pin an id, or set allow_path_only = true)")));
+/// A rule as it decides: its own conditions and, in a delegated file, its delegate's guardrail,
+/// which every job the rule admits meets too. The lints about what a rule admits (an id pinned,
+/// protection, `ref_type`, forks, session tags) ask this; those about what the rule says (a
+/// claim's name, a pattern, another rule's) ask the rule's own conditions. Without the guardrail
+/// a team's rule would be told to require what its guardrail already does.
+#[derive(Clone, Copy)]
+struct Effective<'a> {
+    rule: &'a Rule,
+    guardrail: Option<&'a Guardrail>,
+}
+
+impl<'a> Effective<'a> {
+    /// Every condition on `claim`, the rule's and the guardrail's: all of them must hold.
+    fn on(self, claim: &str) -> impl Iterator<Item = &'a Condition> {
+        let guardrail = self.guardrail.into_iter().flat_map(|g| &g.conditions);
+        self.rule
+            .conditions
+            .iter()
+            .chain(guardrail)
+            .filter(move |c| c.claim == claim)
+    }
+
+    fn names(self, claim: &str) -> bool {
+        self.on(claim).next().is_some()
+    }
+
+    fn pins(self, claim: &str) -> bool {
+        self.on(claim).any(exact)
+    }
+
+    fn requires_true(self, claim: &str) -> bool {
+        self.on(claim).any(only_true)
+    }
+}
+
+fn lint_rule(grant: &Grant, rule: Effective<'_>, findings: &mut Vec<Finding>) {
+    let Effective { rule: own, .. } = rule;
+    let n = own.number;
+    if !own.allow_path_only && !ID_CLAIMS.iter().any(|claim| rule.pins(claim)) {
+        findings.push(finding("TB101", grant, Some(own), format!("rule {n} pins neither project_id nor namespace_id; paths can be renamed and re-registered by someone else (pin an id, or set allow_path_only = true)")));
     }
     findings.extend(job_project_only(grant, rule));
-    for c in &rule.conditions {
-        findings.extend(match_everything(grant, rule, c));
+    for c in &own.conditions {
+        findings.extend(match_everything(grant, own, c));
         if NOT_STRINGS.contains(&c.claim.as_str()) {
             let message = format!(
                 "rule {n}: GitLab sends {:?} as a JSON array or object, never as a string, so the rule never matches",
                 c.claim
             );
-            findings.push(finding("TB105", grant, Some(rule), message).about(&c.claim));
+            findings.push(finding("TB105", grant, Some(own), message).about(&c.claim));
         } else if !KNOWN_CLAIMS.contains(&c.claim.as_str()) {
             let hint = did_you_mean(&c.claim)
                 .map_or(String::new(), |known| format!("; did you mean {known:?}?"));
@@ -227,7 +366,7 @@ fn lint_rule(grant: &Grant, rule: &Rule, findings: &mut Vec<Finding>) {
                 finding(
                     "TB105",
                     grant,
-                    Some(rule),
+                    Some(own),
                     format!(
                         "rule {n}: GitLab issues no claim {:?}, so the rule never matches{hint}",
                         c.claim
@@ -237,14 +376,14 @@ fn lint_rule(grant: &Grant, rule: &Rule, findings: &mut Vec<Finding>) {
             );
         }
     }
-    if !requires_true(rule, "ref_protected") && !requires_true(rule, "environment_protected") {
-        findings.push(finding("TB103", grant, Some(rule), format!("rule {n} trusts unprotected refs: require ref_protected = \"true\" or environment_protected = \"true\"")));
+    if !rule.requires_true("ref_protected") && !rule.requires_true("environment_protected") {
+        findings.push(finding("TB103", grant, Some(own), format!("rule {n} trusts unprotected refs: require ref_protected = \"true\" or environment_protected = \"true\"")));
     }
-    if condition(rule, "ref").is_some() && !pins(rule, "ref_type") {
+    if condition(own, "ref").is_some() && !rule.pins("ref_type") {
         findings.push(finding(
             "TB104",
             grant,
-            Some(rule),
+            Some(own),
             format!(
                 "rule {n} matches ref without fixing ref_type: a tag can be named like a branch"
             ),
@@ -252,30 +391,15 @@ fn lint_rule(grant: &Grant, rule: &Rule, findings: &mut Vec<Finding>) {
     }
 }
 
-/// Whether the rule pins an immutable id: of the project or group whose code the job runs
-/// (`project_id`, `namespace_id`), or of the one it runs in (`job_project_id`,
-/// `job_namespace_id`). Either answers TB101 (a path renamed and re-registered by someone else);
-/// a rule that pins only the latter is TB110's.
-fn pins_an_id(rule: &Rule) -> bool {
-    [
-        "project_id",
-        "namespace_id",
-        "job_project_id",
-        "job_namespace_id",
-    ]
-    .iter()
-    .any(|claim| pins(rule, claim))
-}
-
 /// TB110 for a rule that says where the job runs (`job_project_*`, `job_namespace_*`) but not
 /// whose code it runs (`project_id`, `namespace_id`), and does not keep out the pipelines that
 /// run a fork's merge request in the parent project: those carry the parent's `job_*` claims
 /// and the fork's `project_*` ones, and their refs and environments are whatever the fork says.
-fn job_project_only(grant: &Grant, rule: &Rule) -> Option<Finding> {
+fn job_project_only(grant: &Grant, rule: Effective<'_>) -> Option<Finding> {
     let named: Vec<&str> = JOB_IDENTITY
         .iter()
         .copied()
-        .filter(|claim| condition(rule, claim).is_some())
+        .filter(|claim| rule.names(claim))
         .collect();
     if named.is_empty() || names_the_code(rule) || keeps_forks_out(rule) {
         return None;
@@ -287,34 +411,52 @@ fn job_project_only(grant: &Grant, rule: &Rule) -> Option<Finding> {
     };
     let message = format!(
         "rule {} names the {what} only by {}, which a fork's merge-request pipeline run there carries too (its project_id is the fork's), so it admits the fork's code; pin project_id or namespace_id, or require ref_protected = \"true\", environment_protected = \"true\" or a pipeline_source other than {}",
-        rule.number,
+        rule.rule.number,
         named.join(", "),
         FORK_CODE_SOURCES.join(" and "),
     );
-    Some(finding("TB110", grant, Some(rule), message))
+    Some(finding("TB110", grant, Some(rule.rule), message))
 }
 
 /// Whether the rule says whose code the job runs: an id pinned, or (a rule that waived TB101
 /// with `allow_path_only`) a path.
-fn names_the_code(rule: &Rule) -> bool {
-    pins(rule, "project_id")
-        || pins(rule, "namespace_id")
-        || (rule.allow_path_only
+fn names_the_code(rule: Effective<'_>) -> bool {
+    rule.pins("project_id")
+        || rule.pins("namespace_id")
+        || (rule.rule.allow_path_only
             && ["project_path", "namespace_path"]
                 .iter()
-                .any(|claim| condition(rule, claim).is_some()))
+                .any(|claim| rule.names(claim)))
 }
 
 /// Whether the rule refuses every pipeline that can run a fork's code in the parent project: a
 /// protected ref or environment, or a `pipeline_source` that admits none of those pipelines.
-fn keeps_forks_out(rule: &Rule) -> bool {
-    requires_true(rule, "ref_protected")
-        || requires_true(rule, "environment_protected")
-        || condition(rule, "pipeline_source").is_some_and(|c| {
-            FORK_CODE_SOURCES
+fn keeps_forks_out(rule: Effective<'_>) -> bool {
+    rule.requires_true("ref_protected")
+        || rule.requires_true("environment_protected")
+        || (rule.names("pipeline_source")
+            && FORK_CODE_SOURCES
                 .iter()
-                .all(|source| !c.matches(Some(source)))
-        })
+                .all(|source| rule.on("pipeline_source").any(|c| !c.matches(Some(source)))))
+}
+
+/// TB111 for a guardrail that pins no id: the team's rules are joined to it, and a rule that
+/// names another team's project (by id, path or nothing at all) is then admitted whatever
+/// project it is. A path is not enough, for TB101's reason (renamed and re-registered); and a
+/// guardrail has no `allow_path_only` to waive it.
+fn lint_guardrail(delegate: &Delegate, findings: &mut Vec<Finding>) {
+    let pinned = delegate
+        .require
+        .conditions
+        .iter()
+        .any(|c| ID_CLAIMS.contains(&c.claim.as_str()) && exact(c));
+    if !pinned {
+        let message = format!(
+            "require pins no id (an exact project_id, namespace_id or job_* id), so the rules of {:?} can admit any project: pin the team's namespace_id to exact values",
+            delegate.file
+        );
+        findings.push(delegate_finding("TB111", delegate, message));
+    }
 }
 
 /// TB102 for a condition on an identifying claim with a pattern that names no value.
@@ -376,14 +518,16 @@ fn lint_shadowing(grant: &Grant, findings: &mut Vec<Finding>) {
 }
 
 fn lint_session_tags(role: &Role, findings: &mut Vec<Finding>) {
+    let guardrail = role.grant.delegate.as_deref().map(|d| &d.require);
+    let rules: Vec<Effective<'_>> = role
+        .grant
+        .rules
+        .iter()
+        .map(|rule| Effective { rule, guardrail })
+        .collect();
     for claim in &role.session_tags {
         if SOMETIMES_ABSENT.contains(&claim.as_str()) {
-            let required = !role.grant.rules.is_empty()
-                && role
-                    .grant
-                    .rules
-                    .iter()
-                    .all(|r| condition(r, claim).is_some());
+            let required = !rules.is_empty() && rules.iter().all(|r| r.names(claim));
             if !required {
                 let message = format!(
                     "session tag {claim:?}: some jobs' tokens have no {claim}, and their requests are denied; require it in every rule or drop the tag"
@@ -392,8 +536,7 @@ fn lint_session_tags(role: &Role, findings: &mut Vec<Finding>) {
             }
         }
         if FREE_FORM.contains(&claim.as_str()) {
-            let pinned =
-                !role.grant.rules.is_empty() && role.grant.rules.iter().all(|r| pins(r, claim));
+            let pinned = !rules.is_empty() && rules.iter().all(|r| r.pins(claim));
             if !pinned {
                 let message = format!(
                     "session tag {claim:?}: its values may contain characters STS refuses in tags, and such requests are denied"
@@ -431,12 +574,22 @@ pub(crate) fn as_written(duration: Duration) -> String {
 }
 
 impl Finding {
+    /// The file the finding is in, for the root policy at `root`: `root` itself, or the
+    /// delegated file beside it.
+    pub fn path_in(&self, root: &Path) -> PathBuf {
+        match &self.file {
+            Some(file) => beside(root, file),
+            None => root.to_owned(),
+        }
+    }
+
     /// The finding on one line, as `policy check` and the build print it:
-    /// `file:line: severity[id name] message`.
-    pub fn display_with_path(&self, file: &Path) -> String {
+    /// `file:line: severity[id name] message`, `file` being the file it is in, for the root
+    /// policy at `root` ([`Finding::path_in`]).
+    pub fn display_with_path(&self, root: &Path) -> String {
         format!(
             "{}:{}: {}[{} {}] {}",
-            file.display(),
+            self.path_in(root).display(),
             self.line,
             self.severity,
             self.id,
@@ -446,24 +599,32 @@ impl Finding {
     }
 }
 
-/// The findings for people, grouped by role and token, then a count line; what
+/// The findings for people, grouped by role, token and delegate, then a count line; what
 /// `token-broker policy check` prints and what a build refused for its bundled policy shows.
+/// `file` is the root policy. When a finding is in a delegated file, the groups are under a
+/// line naming their file, the root policy's first.
 pub fn render_human(file: &Path, findings: &[Finding]) -> String {
-    let mut grants: Vec<(String, &str)> = findings
-        .iter()
-        .map(|f| (f.kind.to_string(), f.grant.as_str()))
-        .collect();
-    grants.sort();
-    grants.dedup();
-    let mut out = String::new();
-    for (kind, grant) in grants {
-        out.push_str(&format!("{kind} {grant:?}\n"));
-        for f in findings
-            .iter()
-            .filter(|f| f.kind.to_string() == kind && f.grant == grant)
-        {
-            out.push_str(&format!("  {}\n", f.display_with_path(file)));
+    let mut files: Vec<Option<&str>> = Vec::new();
+    for f in findings {
+        if !files.contains(&f.file.as_deref()) {
+            files.push(f.file.as_deref());
         }
+    }
+    files.sort_by_key(|in_file| in_file.is_some());
+    let tree = files.iter().any(Option::is_some);
+    let mut out = String::new();
+    for in_file in files {
+        let here: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| f.file.as_deref() == in_file)
+            .collect();
+        let indent = if tree {
+            out.push_str(&format!("{}\n", here[0].path_in(file).display()));
+            "  "
+        } else {
+            ""
+        };
+        render_grants(&mut out, indent, file, &here);
     }
     let errors = findings
         .iter()
@@ -475,6 +636,25 @@ pub fn render_human(file: &Path, findings: &[Finding]) -> String {
         file.display()
     ));
     out
+}
+
+/// One file's findings, by role, token and delegate.
+fn render_grants(out: &mut String, indent: &str, root: &Path, findings: &[&Finding]) {
+    let mut grants: Vec<(String, &str)> = findings
+        .iter()
+        .map(|f| (f.kind.to_string(), f.grant.as_str()))
+        .collect();
+    grants.sort();
+    grants.dedup();
+    for (kind, grant) in grants {
+        out.push_str(&format!("{indent}{kind} {grant:?}\n"));
+        for f in findings
+            .iter()
+            .filter(|f| f.kind.to_string() == kind && f.grant == grant)
+        {
+            out.push_str(&format!("{indent}  {}\n", f.display_with_path(root)));
+        }
+    }
 }
 
 /// The build's gate on the policy it bundles (`build.rs` calls it): compiles and lints the policy

@@ -7,30 +7,77 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+use crate::beside;
 use crate::cases::{CaseFailure, Outcome};
 use crate::explain::Explanation;
 use crate::lint::{Finding, Severity};
 
+/// How a report names the files of a policy tree: the root policy, and each delegated file by
+/// the name the root gives it ([`crate::Delegate::file`]). GitLab matches a Code Quality path
+/// against the repository's files, so a report for GitLab names them with [`Paths::in_repository`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    root: String,
+    delegated: HashMap<String, String>,
+}
+
+impl Paths {
+    /// Every file as given: the root policy as `root`, a delegated file beside it
+    /// ([`crate::beside`]). Pure.
+    pub fn as_given(root: &Path) -> Self {
+        Self {
+            root: root.display().to_string(),
+            delegated: HashMap::new(),
+        }
+    }
+
+    /// Every file from its repository's root ([`repository_path`]): the root policy at `root`
+    /// and the `delegated` files beside it, as the root names them. Reads the file system.
+    pub fn in_repository<'a>(root: &Path, delegated: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            root: repository_path(root),
+            delegated: delegated
+                .into_iter()
+                .map(|file| (file.to_owned(), repository_path(&beside(root, file))))
+                .collect(),
+        }
+    }
+
+    /// The name of the root policy (`None`) or of the delegated file `file`.
+    pub fn of(&self, file: Option<&str>) -> String {
+        match file {
+            None => self.root.clone(),
+            Some(file) => self
+                .delegated
+                .get(file)
+                .cloned()
+                .unwrap_or_else(|| beside(Path::new(&self.root), file).display().to_string()),
+        }
+    }
+}
+
 /// Findings (and a compile error, which stops linting) as GitLab Code Quality issues: CodeClimate
 /// JSON with `description`, `check_name` (the lint id), `severity`, `fingerprint` and
-/// `location.path` / `location.lines.begin`. `file` is the path as the report should name it:
-/// GitLab matches it against the repository's files, so pass [`repository_path`]'s answer.
+/// `location.path` / `location.lines.begin`. `paths` names the file each finding is in
+/// ([`Finding::file`]); `compile_error` is the path of the file it is in, as the report should
+/// name it, its line and its message.
 ///
 /// A fingerprint is how GitLab tells a finding that is still there from one that is new or
-/// fixed, so it hashes what the finding is about and never where it is: the lint id, `file`,
-/// the role or token, the rule's content ([`Finding::rule_content`]) and the finding's subject,
-/// but not the rule's number, its line or the message (which names the number). Inserting,
-/// moving or reordering rules and roles leaves the other findings' fingerprints as they were.
+/// fixed, so it hashes what the finding is about and never where it is: the lint id, the file,
+/// the role, token or delegate, the rule's content ([`Finding::rule_content`]) and the finding's
+/// subject, but not the rule's number, its line or the message (which names the number).
+/// Inserting, moving or reordering rules and roles leaves the other findings' fingerprints as
+/// they were; a role moved to another file of the tree is another finding.
 pub fn code_quality(
-    file: &Path,
+    paths: &Paths,
     findings: &[Finding],
-    compile_error: Option<(usize, &str)>,
+    compile_error: Option<(&str, usize, &str)>,
 ) -> Value {
-    let path = file.display().to_string();
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut issues: Vec<Value> = findings
         .iter()
         .map(|f| {
+            let path = paths.of(f.file.as_deref());
             let fingerprint = unique(&mut seen, finding_fingerprint(&path, f));
             json!({
                 "description": format!("{} {:?}: {} [{} {}]", f.kind, f.grant, f.message, f.id, f.name),
@@ -44,14 +91,14 @@ pub fn code_quality(
             })
         })
         .collect();
-    if let Some((line, message)) = compile_error {
+    if let Some((path, line, message)) = compile_error {
         // The message says what is wrong, not where (that is `lines.begin`), so the issue keeps
         // its fingerprint while edits above it move it.
         issues.push(json!({
             "description": format!("the policy does not compile: {message}"),
             "check_name": "compile",
             "severity": "blocker",
-            "fingerprint": fingerprint(&["compile", &path, message]),
+            "fingerprint": fingerprint(&["compile", path, message]),
             "location": {"path": path, "lines": {"begin": line.max(1)}},
         }));
     }
@@ -125,53 +172,104 @@ fn fingerprint(parts: &[&str]) -> String {
     )
 }
 
-/// The decision cases as JUnit XML: one `testcase` per case, a failing one with its problem as
-/// the failure message and as the start of its text, then a blank line and the decision trace.
-/// Valid against the JUnit 10 schema pytest ships (`tests/fixtures/junit-10.xsd`), which
-/// requires `errors` on `testsuite`: no case can error (a cases file that does not run is
-/// refused before any XML is written), so it is always 0, as is `skipped`.
-pub fn junit(cases_file: &Path, outcome: &Outcome) -> String {
-    let suite = xml(&cases_file.display().to_string());
-    let (tests, failures) = (outcome.cases.len(), outcome.cases.len() - outcome.passed());
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    out.push_str(&format!(
-        "<testsuites tests=\"{tests}\" failures=\"{failures}\" errors=\"0\">\n  \
-         <testsuite name=\"{suite}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\">\n",
-    ));
-    for case in &outcome.cases {
+/// One cases file's part of a JUnit report.
+#[derive(Debug, Clone, Copy)]
+pub enum Suite<'a> {
+    /// Its cases, as they ran.
+    Ran {
+        cases_file: &'a Path,
+        outcome: &'a Outcome,
+    },
+    /// Its cases could not run (the policy does not compile, the file does not load): `what`
+    /// failed, and `reason` says why.
+    Failed {
+        cases_file: &'a Path,
+        what: &'a str,
+        reason: &'a str,
+    },
+}
+
+/// The decision cases as JUnit XML: one `testsuite` per cases file (named by its path), one
+/// `testcase` per case, a failing one with its problem as the failure message and as the start
+/// of its text, then a blank line and the decision trace. A cases file that cannot run is one
+/// failed `testcase` named for what failed, with the reason as its message and text, so the
+/// merge request's test report shows why instead of nothing: a `failure`, not an `error`, as the
+/// JUnit 10 schema has no `error` element in a `testcase`. Valid against that schema (pytest
+/// ships it; `tests/fixtures/junit-10.xsd`), which requires `errors` on `testsuite`: no case can
+/// error, so it is always 0, as is `skipped`.
+pub fn junit_suites(suites: &[Suite<'_>]) -> String {
+    let count = |suite: &Suite<'_>| match suite {
+        Suite::Ran { outcome, .. } => (outcome.cases.len(), outcome.cases.len() - outcome.passed()),
+        Suite::Failed { .. } => (1, 1),
+    };
+    let (tests, failures) = suites
+        .iter()
+        .map(count)
+        .fold((0, 0), |(t, f), (tests, failures)| {
+            (t + tests, f + failures)
+        });
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <testsuites tests=\"{tests}\" failures=\"{failures}\" errors=\"0\">\n"
+    );
+    for suite in suites {
+        let (tests, failures) = count(suite);
+        let (Suite::Ran { cases_file, .. } | Suite::Failed { cases_file, .. }) = suite;
+        let name = xml(&cases_file.display().to_string());
         out.push_str(&format!(
-            "    <testcase classname=\"{suite}\" name=\"{}\"",
-            xml(&case.name)
+            "  <testsuite name=\"{name}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\">\n",
         ));
-        match &case.failure {
-            None => out.push_str("/>\n"),
-            Some(failure) => out.push_str(&format!(
-                ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
-                xml(&failure.problem),
-                xml(&failure_text(failure))
-            )),
+        match suite {
+            Suite::Ran { outcome, .. } => {
+                for case in &outcome.cases {
+                    let problem = case
+                        .failure
+                        .as_ref()
+                        .map(|failure| (failure.problem.as_str(), failure_text(failure)));
+                    testcase(&mut out, &name, &case.name, problem);
+                }
+            }
+            Suite::Failed { what, reason, .. } => {
+                testcase(&mut out, &name, what, Some((reason, (*reason).to_owned())));
+            }
         }
+        out.push_str("  </testsuite>\n");
     }
-    out.push_str("  </testsuite>\n</testsuites>\n");
+    out.push_str("</testsuites>\n");
     out
 }
 
-/// The decision cases' report when they cannot run at all (the policy does not compile, the
-/// cases file does not load): one failed `testcase` named for what failed, with the reason as
-/// its message and text, so the merge request's test report shows why instead of nothing. A
-/// `failure`, not an `error`: the JUnit 10 schema has no `error` element in a `testcase`.
+/// One `testcase` of suite `suite` (already escaped): passed, or failed with a message and text.
+fn testcase(out: &mut String, suite: &str, name: &str, failure: Option<(&str, String)>) {
+    out.push_str(&format!(
+        "    <testcase classname=\"{suite}\" name=\"{}\"",
+        xml(name)
+    ));
+    match failure {
+        None => out.push_str("/>\n"),
+        Some((message, text)) => out.push_str(&format!(
+            ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
+            xml(message),
+            xml(&text)
+        )),
+    }
+}
+
+/// The decision cases of one file as JUnit XML ([`junit_suites`] with one suite).
+pub fn junit(cases_file: &Path, outcome: &Outcome) -> String {
+    junit_suites(&[Suite::Ran {
+        cases_file,
+        outcome,
+    }])
+}
+
+/// The report of one cases file that cannot run ([`junit_suites`] with one failed suite).
 pub fn junit_error(cases_file: &Path, what: &str, reason: &str) -> String {
-    let suite = xml(&cases_file.display().to_string());
-    format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
-         <testsuites tests=\"1\" failures=\"1\" errors=\"0\">\n  \
-         <testsuite name=\"{suite}\" tests=\"1\" failures=\"1\" errors=\"0\" skipped=\"0\">\n    \
-         <testcase classname=\"{suite}\" name=\"{}\">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n  \
-         </testsuite>\n</testsuites>\n",
-        xml(what),
-        xml(reason),
-        xml(reason)
-    )
+    junit_suites(&[Suite::Failed {
+        cases_file,
+        what,
+        reason,
+    }])
 }
 
 /// What GitLab shows when a failed case is opened: the problem first, as `policy test` prints

@@ -10,7 +10,12 @@ use std::process::{Command, Stdio};
 use token_broker_policy::Claims;
 use token_broker_policy::cases::{self, CaseFailure, CaseRun, Outcome};
 use token_broker_policy::lint::lint;
-use token_broker_policy::report::{code_quality, junit, repository_path};
+use token_broker_policy::report::{Paths, code_quality, junit, repository_path};
+
+/// A single-file policy's files, named `policy.toml`.
+fn policy_toml() -> Paths {
+    Paths::as_given(Path::new("policy.toml"))
+}
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,7 +28,7 @@ fn code_quality_issues_have_gitlabs_fields_and_stable_distinct_fingerprints() {
     let path = fixture("TB104.toml");
     let findings = lint(&token_broker_policy::load(&path).unwrap());
     assert!(!findings.is_empty());
-    let report = code_quality(Path::new("policy.toml"), &findings, None);
+    let report = code_quality(&policy_toml(), &findings, None);
     let issues = report.as_array().unwrap();
     assert_eq!(issues.len(), findings.len());
     for (issue, finding) in issues.iter().zip(&findings) {
@@ -43,7 +48,7 @@ fn code_quality_issues_have_gitlabs_fields_and_stable_distinct_fingerprints() {
         assert_eq!(issue["location"]["lines"]["begin"], finding.line);
         assert_eq!(issue["fingerprint"].as_str().unwrap().len(), 32);
     }
-    let again = code_quality(Path::new("policy.toml"), &findings, None);
+    let again = code_quality(&policy_toml(), &findings, None);
     assert_eq!(report, again, "fingerprints are stable across runs");
     let mut prints: Vec<&str> = issues
         .iter()
@@ -54,9 +59,9 @@ fn code_quality_issues_have_gitlabs_fields_and_stable_distinct_fingerprints() {
     assert_eq!(prints.len(), issues.len(), "fingerprints are distinct");
 
     let broken = code_quality(
-        Path::new("policy.toml"),
+        &policy_toml(),
         &[],
-        Some((7, "unknown key `arm`")),
+        Some(("policy.toml", 7, "unknown key `arm`")),
     );
     assert_eq!(broken[0]["check_name"], "compile");
     assert_eq!(broken[0]["severity"], "blocker");
@@ -154,7 +159,7 @@ fn prints(text: &str) -> Vec<(String, usize, String)> {
         token_broker_policy::parse(Path::new("policy.toml"), text, &|_| Err("none".into()))
             .unwrap();
     let findings = lint(&policy);
-    let report = code_quality(Path::new("policy.toml"), &findings, None);
+    let report = code_quality(&policy_toml(), &findings, None);
     findings
         .iter()
         .zip(report.as_array().unwrap())
@@ -242,14 +247,18 @@ fn identical_rules_still_get_distinct_fingerprints_and_the_first_keeps_its_own()
 fn a_compile_error_keeps_its_fingerprint_when_its_line_moves() {
     let at = |line| {
         code_quality(
-            Path::new("policy.toml"),
+            &policy_toml(),
             &[],
-            Some((line, "unknown key `arm`")),
+            Some(("policy.toml", line, "unknown key `arm`")),
         )
     };
     assert_eq!(at(7)[0]["fingerprint"], at(12)[0]["fingerprint"]);
     assert_eq!(at(12)[0]["location"]["lines"]["begin"], 12);
-    let other = code_quality(Path::new("policy.toml"), &[], Some((7, "unknown key `ar`")));
+    let other = code_quality(
+        &policy_toml(),
+        &[],
+        Some(("policy.toml", 7, "unknown key `ar`")),
+    );
     assert_ne!(at(7)[0]["fingerprint"], other[0]["fingerprint"]);
 }
 
@@ -273,7 +282,7 @@ fn role_findings_point_at_the_key_they_are_about() {
         Some(line_of("max_duration")),
         "{findings:#?}"
     );
-    let report = code_quality(Path::new("policy.toml"), &findings, None);
+    let report = code_quality(&policy_toml(), &findings, None);
     let tb109 = report
         .as_array()
         .unwrap()
