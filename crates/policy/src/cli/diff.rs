@@ -51,18 +51,30 @@ pub fn exec(args: Args) -> ExitCode {
 }
 
 /// The jobs of the decision cases: the named file, else `policy.tests.toml` beside the new
-/// policy when there is one. Their outcome does not matter here (`policy test` judges it).
+/// policy when there is one, and the cases beside each team file of the new tree. Their outcome
+/// does not matter here (`policy test` judges it).
 fn case_jobs(
     policy: &crate::Policy,
     new: &Path,
     cases_file: Option<&Path>,
 ) -> Result<Vec<crate::Claims>, String> {
     let beside = cases_beside(new);
-    let path = match cases_file {
-        Some(path) => path,
-        None if beside.exists() => &beside,
-        None => return Ok(Vec::new()),
+    let mut files: Vec<PathBuf> = match cases_file {
+        Some(path) => vec![path.to_owned()],
+        None if beside.exists() => vec![beside],
+        None => Vec::new(),
     };
-    let outcome = cases::run(policy, path)?;
-    Ok(outcome.cases.into_iter().map(|case| case.claims).collect())
+    files.extend(
+        policy
+            .delegates
+            .iter()
+            .map(|delegate| cases::for_delegate(new, delegate))
+            .filter(|path| path.exists()),
+    );
+    let mut jobs = Vec::new();
+    for path in files {
+        let outcome = cases::run(policy, &path)?;
+        jobs.extend(outcome.cases.into_iter().map(|case| case.claims));
+    }
+    Ok(jobs)
 }
