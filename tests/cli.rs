@@ -483,6 +483,11 @@ fn access_lists_who_can_get_what_and_one_projects_view() {
 /// only the proxy could have been asked). Plain HTTP never is, `HTTP_PROXY` or not: with no
 /// credentials in the environment the SDK asks the instance-metadata endpoint for the broker's
 /// own, and that request, and the credentials in its answer, must not pass through a proxy.
+/// Nor does HTTPS to loopback however it is spelt: no `CONNECT` for issuers at `127.1`,
+/// `0x7f000001`, `[::ffff:127.0.0.1]` or `localhost.`, and the last is fetched from its local
+/// listener directly. (rustls takes no host that ends in a number but is not a plain IP address
+/// as a TLS server name, so the first two fail before connecting anywhere; through a proxy their
+/// `CONNECT` went out first.)
 #[test]
 fn https_goes_through_the_proxy_and_instance_metadata_never_does() {
     let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -498,20 +503,38 @@ fn https_goes_through_the_proxy_and_instance_metadata_never_does() {
             let _ = seen.send(line);
         }
     });
+    // Loopback issuers: each listener reports the connections it accepts (and then drops them).
+    let loopback: Vec<_> = ["127.1", "0x7f000001", "[::ffff:127.0.0.1]", "localhost."]
+        .into_iter()
+        .map(|host| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("https://{host}:{}", listener.local_addr().unwrap().port());
+            let (accepted, connections) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let _ = accepted.send(stream.is_ok());
+                }
+            });
+            (url, connections)
+        })
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
+    let mut text = String::from(
         r#"audience = "https://token-broker.example.com"
 [[issuer]]
 url = "https://gitlab.invalid"
 [role.read-only]
 arn = "arn:aws:iam::123456789012:role/read-only"
 [[role.read-only.allow]]
+issuer = "https://gitlab.invalid"
 project_id = "1"
 "#,
-    )
-    .unwrap();
+    );
+    for (url, _) in &loopback {
+        text.push_str(&format!("[[issuer]]\nurl = \"{url}\"\n"));
+    }
+    std::fs::write(&policy, text).unwrap();
     let mut broker = Command::new(env!("CARGO_BIN_EXE_token-broker"))
         .args(["serve", "--listen", "127.0.0.1:0", "--policy"])
         .arg(&policy)
@@ -548,6 +571,11 @@ project_id = "1"
             .iter()
             .all(|line| line.starts_with("CONNECT gitlab.invalid:443 ")),
         "only the JWKS went through the proxy: {lines:?}"
+    );
+    let (localhost, connections) = loopback.last().unwrap();
+    assert!(
+        connections.try_iter().any(|accepted| accepted),
+        "{localhost}'s JWKS is fetched from it directly"
     );
 }
 

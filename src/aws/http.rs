@@ -1,7 +1,8 @@
-//! The process's one HTTP client: the AWS SDK's own hyper + rustls (aws-lc) stack, built once,
-//! shared by every SDK client and by the JWKS fetches. One TLS configuration and one load of the
-//! root certificates instead of two stacks; under Lambda's CPU share that load is a measurable
-//! part of a cold start (BENCHMARKS.md).
+//! The process's one HTTP client: the AWS SDK's own hyper + rustls (aws-lc) stack, shared by every
+//! SDK client and by the JWKS fetches. One TLS stack and one load of the root certificates instead
+//! of two; under Lambda's CPU share that load is a measurable part of a cold start
+//! (BENCHMARKS.md). Inside it, two connectors: one for this machine and instance metadata, which
+//! never has a proxy, and one for everything else, which sends HTTPS through `HTTPS_PROXY`.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -11,43 +12,76 @@ use aws_smithy_http_client::Connector;
 use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use aws_smithy_runtime_api::client::http::{
-    HttpConnector, HttpConnectorSettings, SharedHttpConnector, http_client_fn,
+    HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector, http_client_fn,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use aws_smithy_types::body::SdkBody;
 use http_body_util::{BodyExt, Limited};
 
-/// The connector, made (and the root certificates loaded) on first use: the JWKS prefetch at
-/// start, or the first AWS call. It follows no redirect, connects within [`super::timeouts`]'s
-/// connect timeout, and sends HTTPS through the proxy `HTTPS_PROXY` names ([`proxy`]).
+use super::direct;
+
+/// The process's connector. It follows no redirect and connects within [`super::timeouts`]'s
+/// connect timeout.
 fn connector() -> &'static SharedHttpConnector {
     static CONNECTOR: OnceLock<SharedHttpConnector> = OnceLock::new();
-    CONNECTOR.get_or_init(|| {
-        let settings = HttpConnectorSettings::builder()
-            .connect_timeout(
-                super::timeouts()
-                    .connect_timeout()
-                    .expect("the broker's timeouts set a connect timeout"),
-            )
-            .build();
-        SharedHttpConnector::new(
-            Connector::builder()
-                .connector_settings(settings)
-                .proxy_config(proxy())
-                .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-                .build(),
+    CONNECTOR.get_or_init(|| SharedHttpConnector::new(Route::default()))
+}
+
+/// Each request to the connector for its host: [`direct`]'s hosts (loopback, instance metadata,
+/// by address, not spelling) to one without a proxy that connects to the very address the host
+/// was judged by; every other host to one that sends HTTPS through the proxy `HTTPS_PROXY` names
+/// ([`proxy`]). Each is made (and the root certificates loaded) on its first request: the JWKS
+/// prefetch at start, or the first AWS call.
+#[derive(Debug, Default)]
+struct Route {
+    direct: OnceLock<SharedHttpConnector>,
+    egress: OnceLock<SharedHttpConnector>,
+}
+
+impl HttpConnector for Route {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        // Parsed as the connector parses it, to judge the host it will connect to.
+        let direct = request
+            .uri()
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| uri.host().and_then(direct::addresses))
+            .is_some();
+        let connector = if direct {
+            self.direct
+                .get_or_init(|| build(ProxyConfig::disabled(), Some(direct::Resolver)))
+        } else {
+            self.egress.get_or_init(|| build(proxy(), None))
+        };
+        connector.call(request)
+    }
+}
+
+/// A connector with `proxy`, resolving names with `resolver` (the C library's when `None`).
+fn build(proxy: ProxyConfig, resolver: Option<direct::Resolver>) -> SharedHttpConnector {
+    let settings = HttpConnectorSettings::builder()
+        .connect_timeout(
+            super::timeouts()
+                .connect_timeout()
+                .expect("the broker's timeouts set a connect timeout"),
         )
+        .build();
+    let builder = Connector::builder()
+        .connector_settings(settings)
+        .proxy_config(proxy)
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+    SharedHttpConnector::new(match resolver {
+        Some(resolver) => builder.build_with_resolver(resolver),
+        None => builder.build(),
     })
 }
 
-/// Never proxied, whatever `NO_PROXY` says: loopback, and the link-local instance-metadata and
-/// container-credential endpoints, whose answers are the broker's own AWS credentials.
-const NEVER_PROXIED: &str = "localhost,127.0.0.0/8,::1,169.254.0.0/16,fd00:ec2::/32";
-
-/// Egress through `HTTPS_PROXY` (or `https_proxy`) for HTTPS calls, except `NO_PROXY` and
-/// [`NEVER_PROXIED`], as reqwest did for the JWKS (the SDK's own default ignores proxies). Plain
-/// HTTP is never proxied: the only such calls are to those link-local endpoints and to local
-/// emulators, and `HTTP_PROXY` would hand the credentials they answer to the proxy.
+/// Egress through `HTTPS_PROXY` (or `https_proxy`) for HTTPS calls, except to the hosts `NO_PROXY`
+/// names, as reqwest did for the JWKS (the SDK's own default ignores proxies). Loopback and
+/// instance metadata never reach this connector ([`Route`]): `NO_PROXY` compares text, so
+/// `127.1` or `localhost.` would slip past it. Plain HTTP is never proxied: the only such calls
+/// are to those link-local endpoints and to local emulators, and `HTTP_PROXY` would hand the
+/// credentials they answer to the proxy.
 fn proxy() -> ProxyConfig {
     let var = |names: [&str; 2]| {
         names
@@ -62,11 +96,10 @@ fn proxy() -> ProxyConfig {
         tracing::warn!("HTTPS_PROXY is not a proxy URL; connecting directly");
         return ProxyConfig::disabled();
     };
-    let mut rules = NEVER_PROXIED.to_owned();
-    if let Some(more) = var(["NO_PROXY", "no_proxy"]) {
-        rules = format!("{rules},{more}");
+    match var(["NO_PROXY", "no_proxy"]) {
+        Some(rules) => config.no_proxy(rules),
+        None => config,
     }
-    config.no_proxy(rules)
 }
 
 /// The shared connector as the SDK's HTTP client. The SDK asks with each client's connect and

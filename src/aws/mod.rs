@@ -1,6 +1,7 @@
 //! AWS adapters. Each owns its SDK client; nothing outside this module sees an SDK type, and SDK
 //! errors are reduced to their error code before they leave it (messages can carry ARNs).
 
+mod direct;
 pub(crate) mod http;
 pub mod jwk;
 pub mod kms;
