@@ -1,6 +1,9 @@
 //! `token-broker policy check|test|explain`, run as the built binary: exit codes, output, and no
 //! network or AWS needed. And the build script, which refuses to bundle what `check` refuses.
 
+#[path = "../crates/policy/tests/support/example.rs"]
+mod example;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -632,17 +635,7 @@ fn the_readme_console_samples_are_what_the_binary_prints() {
 #[test]
 fn deploying_step_one_works_as_written_with_the_example_role_uncommented() {
     let policy = std::fs::read_to_string(root().join("policy.toml")).unwrap();
-    let (head, example) = policy.split_at(policy.find("# An example to copy").unwrap());
-    let mut lines = example.lines();
-    let mut edited = format!("{head}{}\n", lines.next().unwrap());
-    for line in lines {
-        edited.push_str(
-            line.strip_prefix("# ")
-                .unwrap_or(line.trim_start_matches('#')),
-        );
-        edited.push('\n');
-    }
-    assert!(edited.contains("\n[role.deploy-web-prod]\n"), "{edited}");
+    let edited = example::uncommented(&policy);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("policy.toml"), edited).unwrap();
     std::fs::copy(

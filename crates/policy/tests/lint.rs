@@ -1,5 +1,8 @@
 //! One fixture policy per lint proves it fires; a clean policy proves no false positive.
 
+#[path = "support/example.rs"]
+mod example;
+
 use std::path::Path;
 
 use token_broker_policy::lint::{LINTS, Severity, lint, render_human, rule_content};
@@ -487,19 +490,7 @@ fn fork_merge_request(issuer: &str, overrides: &[(&str, &str)]) -> token_broker_
 
 /// policy.toml with its example role uncommented (README, "Deploying", step 1).
 fn bundled_policy_with_its_example() -> String {
-    let text = std::fs::read_to_string(repository("policy.toml")).unwrap();
-    let (head, example) = text.split_at(text.find("# An example to copy").unwrap());
-    let mut lines = example.lines();
-    let mut edited = format!("{head}{}\n", lines.next().unwrap());
-    for line in lines {
-        edited.push_str(
-            line.strip_prefix("# ")
-                .unwrap_or(line.trim_start_matches('#')),
-        );
-        edited.push('\n');
-    }
-    assert!(edited.contains("\n[role.deploy-web-prod]\n"), "{edited}");
-    edited
+    example::uncommented(&std::fs::read_to_string(repository("policy.toml")).unwrap())
 }
 
 /// Every policy this repository ships, compiled: name, policy.

@@ -3,10 +3,12 @@
 //! XML escapes what a case name can hold and is valid against the JUnit schema pytest ships.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+#[path = "support/junit.rs"]
+mod junit;
+
+use junit::validate_junit;
 use token_broker_policy::Claims;
 use token_broker_policy::cases::{self, CaseFailure, CaseRun, Outcome};
 use token_broker_policy::lint::lint;
@@ -398,38 +400,6 @@ fn junit_says_no_case_errored_and_puts_the_problem_before_the_trace() {
         trace.starts_with("role &quot;deploy&quot;: ALLOW (rule 1)\n  rule 1 (line "),
         "{trace}"
     );
-}
-
-/// `xml` checked against pytest's JUnit 10 schema by xmllint (Debian's libxml2-utils, which
-/// `scripts/apt-tools.sh` installs): a real validator, not our reading of the schema.
-fn validate_junit(xml: &str) -> Result<(), String> {
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/junit-10.xsd");
-    let mut child = Command::new("xmllint")
-        .arg("--noout")
-        .arg("--schema")
-        .arg(&schema)
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run xmllint ({e}): install libxml2-utils (scripts/apt-tools.sh does); \
-                 this test validates JUnit output against the schema and is not skipped"
-            )
-        });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(xml.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    match output.status.success() {
-        true => Ok(()),
-        false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
-    }
 }
 
 #[test]

@@ -4,10 +4,13 @@
 //! `explain` says in which file each rule is and how the guardrail fared.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
+#[path = "support/junit.rs"]
+mod junit;
+
+use junit::validate_junit;
 use token_broker_policy::explain::explain_in;
 use token_broker_policy::lint::{Finding, Kind, Severity, lint, render_human};
 use token_broker_policy::report::{Paths, code_quality};
@@ -615,30 +618,4 @@ fn junit_has_one_suite_per_cases_file_valid_against_the_junit_10_schema() {
         xml.contains("name=\"the decision cases load\">\n      <failure message=\"the decision cases do not load: "),
         "{xml}"
     );
-}
-
-/// `xml` checked against pytest's JUnit 10 schema by xmllint, as `tests/report.rs` does.
-fn validate_junit(xml: &str) -> Result<(), String> {
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/junit-10.xsd");
-    let mut child = Command::new("xmllint")
-        .arg("--noout")
-        .arg("--schema")
-        .arg(&schema)
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("xmllint (libxml2-utils, which scripts/apt-tools.sh installs)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(xml.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    match output.status.success() {
-        true => Ok(()),
-        false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
-    }
 }
