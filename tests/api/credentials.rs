@@ -16,18 +16,7 @@ async fn allowed_exchange_returns_credentials_that_moto_accepts() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["cache-control"], "no-store");
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["Version"], 1);
-    for field in [
-        "AccessKeyId",
-        "SecretAccessKey",
-        "SessionToken",
-        "Expiration",
-    ] {
-        assert!(
-            body[field].as_str().is_some_and(|v| !v.is_empty()),
-            "{field} in {body}"
-        );
-    }
+    assert_credential_process_json(&body, "the answer");
     let expiration = body["Expiration"].as_str().unwrap();
     assert!(
         expiration.ends_with('Z') && expiration.contains('T'),

@@ -677,6 +677,21 @@ fn review_target_dir() -> String {
         .to_string()
 }
 
+/// The broker's repository with a merge request from `branch`, which commits `policy`; the
+/// merge-request pipeline's variables.
+fn policy_merge_request(
+    branch: &str,
+    policy: String,
+    notes_api: &str,
+) -> (Repo, Vec<(&'static str, String)>) {
+    let repo = broker_repo();
+    let base = git(repo.path(), &["rev-parse", "HEAD"]);
+    git(repo.path(), &["checkout", "-q", "-b", branch]);
+    repo.commit(&[("policy.toml", policy)], branch);
+    let vars = merge_request_variables(&base, notes_api);
+    (repo, vars)
+}
+
 /// A policy change that widens access and has an error finding (TB104: `ref` without
 /// `ref_type`).
 const WIDENING_ROLE: &str = r#"
@@ -702,11 +717,7 @@ async fn a_policy_merge_request_gets_its_reports_and_one_note_updated_in_place()
     let api = NotesApi::default();
     let api_url = api.start();
     tokio::task::spawn_blocking(move || {
-        let repo = broker_repo();
-        let base = git(repo.path(), &["rev-parse", "HEAD"]);
-        git(repo.path(), &["checkout", "-q", "-b", "widen"]);
-        repo.commit(&[("policy.toml", policy_with(WIDENING_ROLE))], "widen");
-        let vars = merge_request_variables(&base, &api_url);
+        let (repo, vars) = policy_merge_request("widen", policy_with(WIDENING_ROLE), &api_url);
         let jobs = ["policy-review", "policy-diff"];
 
         let first = repo.run(&jobs, &vars, None);
@@ -804,14 +815,8 @@ async fn a_policy_that_does_not_compile_still_gets_both_reports() {
     let api = NotesApi::default();
     let api_url = api.start();
     tokio::task::spawn_blocking(move || {
-        let repo = broker_repo();
-        let base = git(repo.path(), &["rev-parse", "HEAD"]);
-        git(repo.path(), &["checkout", "-q", "-b", "broken"]);
-        repo.commit(
-            &[("policy.toml", policy_with("\n[role.x]\narn = 42\n"))],
-            "broken",
-        );
-        let vars = merge_request_variables(&base, &api_url);
+        let (repo, vars) =
+            policy_merge_request("broken", policy_with("\n[role.x]\narn = 42\n"), &api_url);
         let run = repo.run(&["policy-review"], &vars, None);
         assert!(!run.success, "{}", run.log);
         let artifacts = repo.path().join(".gitlab-ci-local/artifacts/policy-review");

@@ -141,6 +141,22 @@ pub fn audit_line(request_id: &str) -> Value {
     lines[0].clone()
 }
 
+/// `body` is credential_process JSON (`Version` 1) with every credential field non-empty.
+pub fn assert_credential_process_json(body: &Value, what: &str) {
+    assert_eq!(body["Version"], 1, "{what}: {body}");
+    for field in [
+        "AccessKeyId",
+        "SecretAccessKey",
+        "SessionToken",
+        "Expiration",
+    ] {
+        assert!(
+            body[field].as_str().is_some_and(|v| !v.is_empty()),
+            "{what}: {field} in {body}"
+        );
+    }
+}
+
 /// A broker with [`AppSpec::default`].
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppSpec::default()).await

@@ -1521,18 +1521,7 @@ fn assert_prints_credentials(ran: &Ran, what: &str) {
     assert!(ran.stderr.is_empty(), "{what}: {ran:?}");
     let credentials: Value = serde_json::from_str(&ran.stdout)
         .unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}): {ran:?}"));
-    assert_eq!(credentials["Version"], 1, "{credentials}");
-    for field in [
-        "AccessKeyId",
-        "SecretAccessKey",
-        "SessionToken",
-        "Expiration",
-    ] {
-        assert!(
-            credentials[field].as_str().is_some_and(|v| !v.is_empty()),
-            "{what}: {field} in {credentials}"
-        );
-    }
+    assert_credential_process_json(&credentials, what);
 }
 
 /// Non-zero, nothing on stdout (where the AWS tools look for credentials).
