@@ -542,8 +542,21 @@ fn every_shipped_policy_denies_a_forks_merge_request_run_in_the_parent_project()
                 ("environment_protected", "true"),
             ],
         ),
+        // As the issue that asked for this token describes it: the merge request's own ref.
+        (
+            "on its merge request ref",
+            &[
+                ("ref", "refs/merge-requests/7/head"),
+                ("ref_path", "refs/merge-requests/7/head"),
+            ],
+        ),
     ];
-    for (name, policy) in shipped_policies() {
+    let mut policies = shipped_policies();
+    policies.push((
+        "examples/delegation/policy.toml (a tree)",
+        token_broker_policy::load(&repository("examples/delegation/policy.toml")).unwrap(),
+    ));
+    for (name, policy) in policies {
         let issuer = policy.issuers[0].url.clone();
         for (variant, overrides) in variants {
             let claims = fork_merge_request(&issuer, overrides);
