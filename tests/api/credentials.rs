@@ -313,3 +313,32 @@ async fn policy_explain_and_the_403_give_the_same_reason() {
     let body = app.assert_error(response, 403, "access_denied", "").await;
     assert_eq!(body["error_description"], reason);
 }
+
+/// A fork's merge-request pipeline run in the parent project (GitLab ≥ 18.2.2: `project_*` name
+/// the fork, `job_project_*` the parent), as it comes and naming the protected production
+/// environment: every role of the test policy refuses it and STS is never called (its token
+/// grant is refused at the policy level: crates/policy/tests/lint.rs).
+#[tokio::test]
+async fn a_forks_merge_request_run_in_the_parent_project_gets_nothing() {
+    let app = spawn_app().await;
+    let job_id = unique_job_id();
+    let fork = local_issuer::claims::fork_merge_request(app.issuer.url(), AUDIENCE, job_id);
+    for overrides in [
+        json!({}),
+        json!({"environment": "production", "environment_protected": "true"}),
+        json!({"ref": "refs/merge-requests/7/head", "ref_path": "refs/merge-requests/7/head"}),
+    ] {
+        let token = app
+            .issuer
+            .mint(&local_issuer::claims::with(fork.clone(), &overrides));
+        for role in ["deploy-web-prod", "read-only", "tagged"] {
+            let response = app.credentials(&token, &format!("role={role}")).await;
+            assert_eq!(response.status(), 403, "{role} {overrides}");
+        }
+    }
+    assert!(
+        recorded_assume_roles(&format!("gitlab-9999-{job_id}"))
+            .await
+            .is_empty()
+    );
+}
