@@ -47,6 +47,14 @@ pub enum Denial {
         delegate: String,
         failure: RuleFailure,
     },
+    /// The grant is in the file of `delegate`, which did not compile when the broker first
+    /// needed it ([`crate::LazyPolicy`]; a build compiles every file, so only a bundle this
+    /// code did not build can get here).
+    Unavailable {
+        kind: GrantKind,
+        name: String,
+        delegate: String,
+    },
 }
 
 /// The first failing condition of a rule; `value` is the caller's own claim, `None` if absent.
@@ -110,6 +118,14 @@ impl fmt::Display for Denial {
                     failure.rule, failure.claim
                 ),
             },
+            Self::Unavailable {
+                kind,
+                name,
+                delegate,
+            } => write!(
+                f,
+                "{kind} {name:?}: the file of delegate {delegate:?} could not be compiled"
+            ),
         }
     }
 }
@@ -169,14 +185,15 @@ impl<G> From<Result<Admitted<'_, G>, Denial>> for Decision {
     }
 }
 
-fn admitted<G>(grant: &G, decision: Decision) -> Result<Admitted<'_, G>, Denial> {
+pub(crate) fn admitted<G>(grant: &G, decision: Decision) -> Result<Admitted<'_, G>, Denial> {
     match decision {
         Decision::Allow { rule } => Ok(Admitted { grant, rule }),
         Decision::Deny(denial) => Err(denial),
     }
 }
 
-const PATHS: [&str; 2] = ["project_path", "namespace_path"];
+/// The claims a rule that pins no id names a project by (see [`Policy::admits_project`]).
+pub(crate) const PATHS: [&str; 2] = ["project_path", "namespace_path"];
 
 impl Policy {
     /// Whether any rule of any role or token names the caller's project: a rule for the caller's
@@ -304,8 +321,9 @@ impl crate::Guardrail {
 }
 
 impl Rule {
-    /// Whether the rule is about the caller's project (see [`Policy::admits_project`]).
-    fn names(&self, claims: &Claims) -> bool {
+    /// Whether the rule is about the caller's project (see [`Policy::admits_project`]); reads
+    /// only its conditions on [`INDEXABLE`] and [`PATHS`].
+    pub(crate) fn names(&self, claims: &Claims) -> bool {
         let mut ids = self.conditions_on(&INDEXABLE).peekable();
         if ids.peek().is_some() {
             return ids.any(|c| c.matches(claims.get(&c.claim)));

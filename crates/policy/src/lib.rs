@@ -16,6 +16,7 @@ mod file;
 pub mod gitlab;
 mod glob;
 mod index;
+pub mod lazy;
 pub mod lint;
 pub mod names;
 pub mod report;
@@ -31,6 +32,7 @@ pub use compile::{PROVENANCE_CLAIMS, REGISTERED_CLAIMS, check_url};
 pub use decide::{Admitted, Decision, Denial, RuleFailure};
 pub use file::{PolicyError, beside, load, parse};
 pub use glob::Pattern;
+pub use lazy::LazyPolicy;
 
 pub use claims::Claims;
 use names::RoleArn;
