@@ -13,7 +13,7 @@ use crate::aws::replay::{ReplayError, ReplayTable, UseId, UseKey};
 use crate::aws::sts::{AssumeRole, Credentials, Sts, StsError};
 use crate::metrics::{self, Metrics, Outcome, Subject};
 use crate::oidc::{VerifiedToken, Verifier, VerifyError, now_secs};
-use crate::policy::{Denial, Grant, Policy, Role, TokenGrant};
+use crate::policy::{Denial, Grant, LazyPolicy, Role, TokenGrant};
 use crate::secret::Secret;
 
 /// What a caller asks for.
@@ -129,7 +129,7 @@ pub struct IssuedToken {
 
 /// The exchange, holding the compiled policy and its adapters.
 pub struct Broker {
-    policy: Arc<Policy>,
+    policy: Arc<LazyPolicy>,
     verifier: Verifier,
     sts: Sts,
     kms: Option<Kms>,
@@ -139,7 +139,7 @@ pub struct Broker {
 
 impl Broker {
     /// A broker for `policy`; without `kms` it issues credentials but no tokens.
-    pub fn new(policy: Arc<Policy>, verifier: Verifier, sts: Sts, kms: Option<Kms>) -> Self {
+    pub fn new(policy: Arc<LazyPolicy>, verifier: Verifier, sts: Sts, kms: Option<Kms>) -> Self {
         Self {
             policy,
             verifier,
@@ -169,7 +169,7 @@ impl Broker {
     }
 
     /// The policy the broker runs.
-    pub fn policy(&self) -> &Policy {
+    pub fn policy(&self) -> &LazyPolicy {
         &self.policy
     }
 
@@ -368,16 +368,16 @@ impl Broker {
         if !self.metrics.is_on() {
             return;
         }
+        // From the policy's index: naming a role must not compile its file (the token may not
+        // even have been valid).
         let subject = match target {
-            Target::Role(name) => Subject::Role(
-                self.policy
-                    .role(name)
-                    .map_or(metrics::UNKNOWN, |role| role.grant.name.as_str()),
-            ),
+            Target::Role(name) => {
+                Subject::Role(self.policy.role_name(name).unwrap_or(metrics::UNKNOWN))
+            }
             Target::Audience(audience) => Subject::Audience(
                 self.policy
-                    .token_for(audience)
-                    .map_or(metrics::UNKNOWN, |token| token.audience.as_str()),
+                    .token_audience(audience)
+                    .unwrap_or(metrics::UNKNOWN),
             ),
         };
         self.metrics.decision(&metrics::Decision {

@@ -15,7 +15,7 @@ use crate::bundled;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::oidc::Verifier;
-use crate::policy::{self, Policy};
+use crate::policy::{self, LazyPolicy};
 
 /// Everything a request needs, built once per process and shared by reference.
 pub struct AppState {
@@ -70,8 +70,12 @@ pub async fn build(
              (TOKEN_BROKER_REPLAY_TABLE): those grants answer 500 until one is"
         );
     }
-    let verifier = Verifier::new(policy.clone(), settings.leeway, settings.jwks.clone())
-        .with_metrics(operations.metrics.clone());
+    let verifier = Verifier::new(
+        policy.root().clone(),
+        settings.leeway,
+        settings.jwks.clone(),
+    )
+    .with_metrics(operations.metrics.clone());
     let kms = settings
         .kms_key_id
         .clone()
@@ -123,9 +127,11 @@ fn process_cpu_ms() -> f64 {
     ms(usage.ru_utime) + ms(usage.ru_stime)
 }
 
-fn load_policy(settings: &Settings) -> Result<Policy, String> {
+/// A policy file named at run time is compiled whole, as `policy check` compiles it; the bundled
+/// one compiles its delegated files on first use (`bundled::policy`).
+fn load_policy(settings: &Settings) -> Result<LazyPolicy, String> {
     match &settings.policy {
-        Some(path) => policy::load(path),
+        Some(path) => policy::load(path).map(LazyPolicy::from),
         None => bundled::policy(),
     }
     .map_err(|e| e.to_string())

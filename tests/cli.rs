@@ -720,3 +720,114 @@ fn every_policy_command_sees_the_whole_tree() {
          guardrail of delegate \"payments\" (policy.toml line 22): fails: namespace_id = \"666\" is not 77 | 78\n"
     );
 }
+
+/// The build bundles a whole delegated tree (the example's, and 30 team files of
+/// `scripts/gen-policy-tree`), and what the broker reads back from the bundle decides as the
+/// tree compiled whole does: a team's role, its guardrail, the root's own role, an unknown one.
+#[test]
+fn a_delegated_tree_round_trips_through_the_build_script() {
+    let generated = tempfile::tempdir().unwrap();
+    let status = Command::new("python3")
+        .arg(root().join("scripts/gen-policy-tree"))
+        .args([generated.path().to_str().unwrap(), "30"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let job = |project: &str, namespace: &str| {
+        token_broker::Claims::from_pairs(
+            "https://gitlab.example.com",
+            [
+                ("project_id", project),
+                ("namespace_id", namespace),
+                ("ref", "main"),
+                ("ref_type", "branch"),
+                ("ref_protected", "true"),
+                ("environment", "production"),
+                ("environment_protected", "true"),
+            ],
+        )
+    };
+    let trees = [
+        (
+            root().join("examples/delegation/policy.toml"),
+            vec![
+                ("payments-deploy", job("7701", "77"), true),
+                ("payments-deploy", job("7701", "666"), false),
+                ("search-index", job("7701", "77"), false),
+                ("platform-deploy", job("100", "1"), true),
+                ("no-such-role", job("7701", "77"), false),
+            ],
+        ),
+        (
+            generated.path().join("policy.toml"),
+            vec![
+                ("team-0030-deploy-prod", job("1003001", "20030"), true),
+                ("team-0030-deploy-prod", job("1003001", "666"), false),
+                ("team-0029-deploy-prod", job("1003001", "20030"), false),
+                ("deploy-web-prod", job("4242", "72"), true),
+                ("no-such-role", job("4242", "72"), false),
+            ],
+        ),
+    ];
+    for (policy, jobs) in trees {
+        let out = tempfile::tempdir().unwrap();
+        let output = build_script(policy.to_str().unwrap(), out.path());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        assert!(
+            !stdout(&output).contains("cargo::warning="),
+            "bundled lazily, without findings: {}",
+            stdout(&output)
+        );
+        let bundle = std::fs::read(out.path().join("bundled_policy.bin")).unwrap();
+        let bundled = token_broker::policy::LazyPolicy::from_bundle(&policy, bundle).unwrap();
+        let whole = token_broker::policy::load(&policy).unwrap();
+        for (role, claims, allowed) in jobs {
+            let decided = bundled.decide(role, &claims).map(|a| a.rule);
+            assert_eq!(
+                decided,
+                whole.decide(role, &claims).map(|a| a.rule),
+                "{role}"
+            );
+            assert_eq!(decided.is_ok(), allowed, "{role}: {decided:?}");
+            assert_eq!(
+                bundled.admits_project(&claims),
+                whole.admits_project(&claims),
+                "{role}"
+            );
+        }
+        assert!(bundled.files_compiled() <= 2, "only the files asked about");
+        bundled.compile_all().unwrap();
+    }
+}
+
+/// A team file that breaks its guardrail fails the build, at its place in the team's file.
+#[test]
+fn a_broken_team_file_fails_the_build_at_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = root().join("examples/delegation");
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    for file in [
+        "policy.toml",
+        "policies/payments.toml",
+        "policies/search.toml",
+    ] {
+        let text = std::fs::read_to_string(from.join(file)).unwrap();
+        let text = text.replace(
+            "arn:aws:iam::111122223333:role/payments-deploy",
+            "arn:aws:iam::999999999999:role/payments-deploy",
+        );
+        std::fs::write(dir.path().join(file), text).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let output = build_script(dir.path().join("policy.toml").to_str().unwrap(), out.path());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let place = format!(
+        "{}:5:7: arn \"arn:aws:iam::999999999999:role/payments-deploy\" is outside what delegate \"payments\" may grant",
+        dir.path().join("policies/payments.toml").display()
+    );
+    assert!(stderr.contains(&place), "{stderr}");
+    assert!(!out.path().join("bundled_policy.rs").exists());
+}

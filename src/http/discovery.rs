@@ -31,12 +31,7 @@ pub(super) async fn configuration(
     let claims: BTreeSet<&str> = REGISTERED_CLAIMS
         .into_iter()
         .chain(PROVENANCE_CLAIMS)
-        .chain(
-            policy
-                .tokens
-                .iter()
-                .flat_map(|t| t.claims.iter().map(String::as_str)),
-        )
+        .chain(policy.token_claims())
         .collect();
     let document = json!({
         "issuer": issuer,
