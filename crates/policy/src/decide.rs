@@ -45,7 +45,8 @@ pub enum Denial {
         kind: GrantKind,
         name: String,
         delegate: String,
-        failure: RuleFailure,
+        /// Boxed: the broker's error type carries a `Denial`, and should stay small.
+        failure: Box<RuleFailure>,
     },
     /// The grant is in the file of `delegate`, which did not compile when the broker first
     /// needed it ([`crate::LazyPolicy`]; a build compiles every file, so only a bundle this
@@ -285,7 +286,7 @@ impl Grant {
                     kind: self.kind,
                     name: self.name.clone(),
                     delegate: delegate.name.clone(),
-                    failure,
+                    failure: Box::new(failure),
                 })
             }
         }
