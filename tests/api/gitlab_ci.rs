@@ -297,21 +297,25 @@ fn make_bucket(name: &str) {
     );
 }
 
+/// consumer.yml's `deploy-production` job as shipped, in a consumer project of its own, with
+/// `token` as its ID token and the broker at `broker`.
+async fn run_consumer_job(token: &str, broker: &str) -> Pipeline {
+    let repo = consumer(consumer_pipeline());
+    let bin = stub_bin();
+    let vars = job_variables(token, broker);
+    tokio::task::spawn_blocking(move || repo.run(&["deploy-production"], &vars, Some(bin.path())))
+        .await
+        .unwrap()
+}
+
 /// consumer.yml, allowed: the component's before_script loads the broker's credentials, and the
 /// job's `aws` commands run as the role (moto answers for the assumed role) and sync the site.
 #[tokio::test]
 async fn the_shipped_consumer_job_gets_credentials_through_the_component() {
     let app = spawn_app().await;
     make_bucket("acme-web-prod");
-    let repo = consumer(consumer_pipeline());
     let (token, job_id) = app.token(json!({}));
-    let bin = stub_bin();
-    let vars = job_variables(&token, &app.address);
-    let pipeline = tokio::task::spawn_blocking(move || {
-        repo.run(&["deploy-production"], &vars, Some(bin.path()))
-    })
-    .await
-    .unwrap();
+    let pipeline = run_consumer_job(&token, &app.address).await;
     assert!(pipeline.success, "{}", pipeline.log);
     let log = pipeline.job("deploy-production");
     assert!(
@@ -333,15 +337,8 @@ async fn the_shipped_consumer_job_gets_credentials_through_the_component() {
 #[tokio::test]
 async fn a_refused_job_fails_with_the_brokers_error_before_its_script() {
     let app = spawn_app().await;
-    let repo = consumer(consumer_pipeline());
     let (token, _) = app.token(json!({"ref": "feature/x", "ref_protected": "false"}));
-    let bin = stub_bin();
-    let vars = job_variables(&token, &app.address);
-    let pipeline = tokio::task::spawn_blocking(move || {
-        repo.run(&["deploy-production"], &vars, Some(bin.path()))
-    })
-    .await
-    .unwrap();
+    let pipeline = run_consumer_job(&token, &app.address).await;
     assert!(!pipeline.success, "{}", pipeline.log);
     let log = pipeline.job("deploy-production");
     assert!(log.contains(r#""error":"access_denied""#), "{log}");
@@ -358,14 +355,7 @@ async fn an_answer_cut_short_fails_the_job_and_no_secret_reaches_its_log() {
         "export AWS_ACCESS_KEY_ID='ASIACUTSHORT1234ABCD'\nexport AWS_SECRET_ACCESS_KEY='{secret}'\nexport AWS_SESS"
     );
     let front = cut_short_server(body, 4096);
-    let repo = consumer(consumer_pipeline());
-    let bin = stub_bin();
-    let vars = job_variables("a.token.of-the-job", &front);
-    let pipeline = tokio::task::spawn_blocking(move || {
-        repo.run(&["deploy-production"], &vars, Some(bin.path()))
-    })
-    .await
-    .unwrap();
+    let pipeline = run_consumer_job("a.token.of-the-job", &front).await;
     assert!(!pipeline.success, "{}", pipeline.log);
     let log = pipeline.job("deploy-production");
     assert!(log.contains("no complete answer"), "{log}");
