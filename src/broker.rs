@@ -293,14 +293,15 @@ impl Broker {
     /// before STS or KMS is called, so that concurrent exchanges of one token never issue more
     /// than the limit. `None` when the grant sets no limit. Fails closed: no table, or a table
     /// that cannot answer, is an error, never a skipped check. When the table's answer never
-    /// came, the reservation may still have been applied: it is given back at once (by its id,
-    /// so nothing else is), and the job's retry finds its use free.
+    /// came, the reservation may still have been applied, or be applied later still: it is given
+    /// back at once and its id marked released (nothing else is touched), so the job's retry
+    /// finds its use free.
     async fn reserve_use(
         &self,
         grant: &Grant,
         verified: &VerifiedToken,
         token_use: &mut TokenUse,
-    ) -> Result<Option<(UseKey, UseId)>, BrokerError> {
+    ) -> Result<Option<(UseKey, UseId, u64)>, BrokerError> {
         let Some(limit) = grant.token_uses else {
             return Ok(None);
         };
@@ -321,7 +322,7 @@ impl Broker {
         match table.reserve(&key, &id, limit, verified.expires_at).await {
             Ok(true) => {
                 *token_use = TokenUse::Counted(id.clone());
-                Ok(Some((key, id)))
+                Ok(Some((key, id, verified.expires_at)))
             }
             Ok(false) => {
                 *token_use = TokenUse::LimitReached;
@@ -329,7 +330,7 @@ impl Broker {
                 Err(Refusal::Replayed { grant, limit }.into())
             }
             Err(error) => {
-                *token_use = match table.release(&key, &id).await {
+                *token_use = match table.release(&key, &id, verified.expires_at).await {
                     Ok(()) => TokenUse::GivenBack(id),
                     Err(_) => TokenUse::MaybeSpent(id),
                 };
@@ -343,14 +344,14 @@ impl Broker {
     /// guard errs towards refusing, never towards issuing more.
     async fn release_on_error<T, E>(
         &self,
-        reserved: Option<(UseKey, UseId)>,
+        reserved: Option<(UseKey, UseId, u64)>,
         result: Result<T, E>,
         token_use: &mut TokenUse,
     ) -> Result<T, E> {
         if result.is_err()
-            && let (Some((key, id)), Some(table)) = (reserved, &self.replay)
+            && let (Some((key, id, expires_at)), Some(table)) = (reserved, &self.replay)
         {
-            *token_use = match table.release(&key, &id).await {
+            *token_use = match table.release(&key, &id, expires_at).await {
                 Ok(()) => TokenUse::GivenBack(id),
                 Err(error) => {
                     tracing::warn!(%error, "a token use reserved for a failed exchange was not given back");

@@ -31,6 +31,8 @@ pub const TTL_ATTRIBUTE: &str = "expires_at";
 
 /// The set of use ids an item holds (a DynamoDB string set).
 pub const HOLDERS_ATTRIBUTE: &str = "holders";
+/// The set of use ids given back: a reservation of one of them that lands late takes nothing.
+pub const RELEASED_ATTRIBUTE: &str = "released";
 /// What items of earlier versions counted uses with (a number).
 const LEGACY_USES_ATTRIBUTE: &str = "uses";
 
@@ -163,9 +165,11 @@ impl ReplayTable {
             .update_expression("ADD #holders :me SET #expires = :expires, #grant = :grant")
             .condition_expression(
                 "(attribute_not_exists(#uses) OR #uses = :zero) AND \
+                 (attribute_not_exists(#released) OR NOT contains(#released, :id)) AND \
                  (attribute_not_exists(#holders) OR size(#holders) < :limit OR contains(#holders, :id))",
             )
             .expression_attribute_names("#holders", HOLDERS_ATTRIBUTE)
+            .expression_attribute_names("#released", RELEASED_ATTRIBUTE)
             .expression_attribute_names("#uses", LEGACY_USES_ATTRIBUTE)
             .expression_attribute_names("#expires", TTL_ATTRIBUTE)
             .expression_attribute_names("#grant", "grant")
@@ -188,26 +192,35 @@ impl ReplayTable {
     }
 
     /// Gives back the use `id` took by [`ReplayTable::reserve`] (it issued nothing, or its
-    /// reservation's answer never came). Idempotent, and only ever removes `id`: a release
-    /// applied twice, or for a use that was never held, changes nothing else. An item that
-    /// expired meanwhile is not written again.
-    pub async fn release(&self, key: &UseKey, id: &UseId) -> Result<(), ReplayError> {
+    /// reservation's answer never came), and marks `id` released, so that a reservation of it
+    /// that DynamoDB applies only now (an attempt the SDK gave up on) finds the mark and takes
+    /// nothing. Idempotent, and only ever touches `id`. The item gets the token's expiry if it
+    /// has none yet (a release that arrives before its reservation), so it still expires.
+    pub async fn release(
+        &self,
+        key: &UseKey,
+        id: &UseId,
+        expires_at: u64,
+    ) -> Result<(), ReplayError> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(KEY_ATTRIBUTE, AttributeValue::S(key.id.clone()))
-            .update_expression("DELETE #holders :me")
-            .condition_expression("attribute_exists(#holders)")
+            .update_expression(
+                "DELETE #holders :me ADD #released :me SET #expires = if_not_exists(#expires, :expires)",
+            )
             .expression_attribute_names("#holders", HOLDERS_ATTRIBUTE)
+            .expression_attribute_names("#released", RELEASED_ATTRIBUTE)
+            .expression_attribute_names("#expires", TTL_ATTRIBUTE)
             .expression_attribute_values(":me", AttributeValue::Ss(vec![id.0.clone()]))
+            .expression_attribute_values(
+                ":expires",
+                number(expires_at.saturating_add(self.margin.as_secs())),
+            )
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error) if is_condition_failed(&error) => Ok(()),
-            Err(error) => Err(classify(error)),
-        }
+        result.map(|_| ()).map_err(classify)
     }
 }
 

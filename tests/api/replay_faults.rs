@@ -36,6 +36,9 @@ enum Fault {
     AppliedThenDropped,
     /// Not applied: 400 `ThrottlingException`.
     Throttled,
+    /// Held past the operation's 2 s, then applied (by then the broker has given up on it and
+    /// given the use back); its answer goes to nobody.
+    AppliedAfterGivingUp,
 }
 
 /// The stand-in: passes requests to moto, applying the queued faults to the writes they name,
@@ -98,12 +101,15 @@ impl DynamoFront {
                 respond(&mut stream, "400 Bad Request", body.as_bytes(), body.len()).await;
                 continue;
             }
+            if fault == Some(Fault::AppliedAfterGivingUp) {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+            }
             let (status, answer) = forward(&head, body).await;
             if let Some(write) = write {
                 self.applied.lock().unwrap().push(write);
             }
             match fault {
-                Some(Fault::AppliedAnsweredLate) => {
+                Some(Fault::AppliedAnsweredLate | Fault::AppliedAfterGivingUp) => {
                     tokio::time::sleep(Duration::from_millis(1500)).await;
                     respond(&mut stream, &status, &answer, answer.len()).await;
                     return;
@@ -315,6 +321,35 @@ async fn a_reservation_that_never_answers_is_a_503_whose_use_the_jobs_retry_gets
 
     let (status, audit) = exchange(&app, &token).await;
     assert_eq!(status, 200, "{audit}");
+    assert_eq!(exchange(&app, &token).await.0, 403);
+    assert_eq!(sts.calls(), 1);
+}
+
+/// The worst case of a reservation without an answer: DynamoDB applies it only after the broker
+/// gave up on it (503) and gave the use back. The release marked the id released, so the late
+/// reservation takes nothing: the job's retry gets its credentials, a third exchange is refused,
+/// one credential in all.
+#[tokio::test]
+async fn a_reservation_applied_after_the_broker_gave_it_back_takes_nothing() {
+    let sts = LocalSts::start_on("127.0.0.1:0").await;
+    let late = (Write::Reserve, Fault::AppliedAfterGivingUp);
+    let front = DynamoFront::start(&[late, late, late]).await;
+    let app = app_behind(&front, &sts).await;
+    let (token, _) = app.token(json!({}));
+
+    let (status, audit) = exchange(&app, &token).await;
+    assert_eq!(status, 503, "{audit}");
+    assert_eq!(audit["token_use"], "given_back", "{audit}");
+    // Every held attempt reaches moto only now, after the release.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(
+        front.applied(Write::Reserve) >= 1,
+        "the late write was applied"
+    );
+    front.faults.lock().unwrap().clear();
+
+    let (status, audit) = exchange(&app, &token).await;
+    assert_eq!(status, 200, "the job's retry finds its use free: {audit}");
     assert_eq!(exchange(&app, &token).await.0, 403);
     assert_eq!(sts.calls(), 1);
 }
