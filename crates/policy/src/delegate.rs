@@ -112,6 +112,11 @@ fn compile_delegate(
         role_arns,
         max_duration,
         tokens: raw.tokens.as_ref().is_some_and(|t| *t.get_ref()),
+        audiences: raw
+            .audiences
+            .as_ref()
+            .map(|a| a.get_ref().clone())
+            .unwrap_or_default(),
     })
 }
 
@@ -199,10 +204,26 @@ fn compile_file(
         Some((dir, _)) => format!("{dir}/"),
         None => String::new(),
     };
-    let read_beside = |path: &str| read(&format!("{dir}{path}"));
+    // Inside the tree: a team's file may not name a file elsewhere on the build host (it would
+    // be bundled, and shown in the review's diff).
+    let read_beside = |path: &str| {
+        if path.starts_with('/') || path.split('/').any(|part| part == "..") {
+            return Err(
+                "a delegated file's session policy must be a path below it (no `..`, not absolute)"
+                    .to_owned(),
+            );
+        }
+        read(&format!("{dir}{path}"))
+    };
     for (name, entry) in &raw.roles {
         let mut role = compile_role(name, entry, &context, &read_beside)?;
         check_role(delegate, entry, &role)?;
+        check_uses(
+            entry.get_ref().token_uses.as_ref(),
+            role.grant.token_uses,
+            root,
+            name,
+        )?;
         claim_name(names, "role", name, delegate, &context)?;
         role.grant.delegate = Some(delegate.clone());
         roles.push(role);
@@ -218,7 +239,57 @@ fn compile_file(
                 ),
             );
         }
+        let raw_token = entry.get_ref();
+        // What a token says is what relying parties trust: its subject is the broker's own
+        // (built from ids), its audience one the platform team handed out, its lifetime capped.
+        if let Some(subject) = &raw_token.subject {
+            return error_at(
+                subject.span(),
+                format!(
+                    "[token.{}]: a delegated file may not set `subject` (a team could write another project's identity into it); the broker's default is built from the job's own ids",
+                    name.get_ref()
+                ),
+            );
+        }
+        if !delegate
+            .audiences
+            .iter()
+            .any(|a| a == raw_token.audience.get_ref())
+        {
+            return error_at(
+                raw_token.audience.span(),
+                format!(
+                    "audience {:?} is not one delegate {:?} may issue tokens for (audiences: {})",
+                    raw_token.audience.get_ref(),
+                    delegate.name,
+                    delegate.audiences.join(", ")
+                ),
+            );
+        }
         let mut token = compile_token(name, entry, &context)?;
+        if let Some(cap) = delegate.max_duration
+            && token.max_ttl > cap
+        {
+            let span = raw_token
+                .max_ttl
+                .as_ref()
+                .map_or(entry.span(), |t| t.span());
+            return error_at(
+                span,
+                format!(
+                    "max_ttl {} is over delegate {:?}'s cap of {}",
+                    human(token.max_ttl),
+                    delegate.name,
+                    human(cap)
+                ),
+            );
+        }
+        check_uses(
+            raw_token.token_uses.as_ref(),
+            token.grant.token_uses,
+            root,
+            name,
+        )?;
         if tokens.iter().any(|t| t.audience == token.audience) {
             return error_at(
                 entry.get_ref().audience.span(),
@@ -269,6 +340,29 @@ fn check_role(
         );
     }
     Ok(())
+}
+
+/// A team's `token_uses` may be stricter than the root's default, never looser: the platform
+/// team's single-use default holds for every file.
+fn check_uses(
+    raw: Option<&Spanned<crate::file::RawUses>>,
+    uses: Option<u32>,
+    root: &Context<'_>,
+    name: &Spanned<String>,
+) -> Result<(), CompileError> {
+    let Some(default) = root.token_uses else {
+        return Ok(());
+    };
+    if uses.is_some_and(|n| n <= default) {
+        return Ok(());
+    }
+    let span = raw.map_or(name.span(), |r| r.span());
+    error_at(
+        span,
+        format!(
+            "token_uses: the root policy allows at most {default} use(s) of a token; a delegated file may lower it, not raise or lift it"
+        ),
+    )
 }
 
 /// Records `name` as defined here; a second definition anywhere in the tree is an error that

@@ -65,6 +65,8 @@ pub(crate) struct RawDelegate {
     pub role_arns: Spanned<Vec<Spanned<String>>>,
     pub max_duration: Option<Spanned<String>>,
     pub tokens: Option<Spanned<bool>>,
+    /// The audiences the file's `[token.*]` grants may issue for; none by default.
+    pub audiences: Option<Spanned<Vec<String>>>,
 }
 
 /// A delegated file: roles and tokens in the root's format, and nothing else (no `audience`,

@@ -81,6 +81,9 @@ pub struct Delegate {
     pub max_duration: Option<Duration>,
     /// Whether the file may define `[token.*]` grants; default false.
     pub tokens: bool,
+    /// The audiences those tokens may be for; default none. A team's token keeps the broker's
+    /// own subject and a lifetime within `max_duration`.
+    pub audiences: Vec<String>,
 }
 
 /// A delegate's `require`: conditions every rule of its file must also meet.

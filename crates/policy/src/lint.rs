@@ -165,7 +165,7 @@ pub const LINTS: &[(&str, &str, Severity, &str)] = &[
         "TB111",
         "guardrail-pins-no-id",
         Severity::Error,
-        "a delegate's require pins no id (an exact project_id, namespace_id, job_project_id or job_namespace_id), so the team's file may name any project",
+        "a delegate's require pins no id of the code (an exact project_id or namespace_id), so the team's file may name any project, or a fork's code run in the team's (job_* ids name where a job runs, not whose code it is)",
     ),
 ];
 
@@ -444,15 +444,20 @@ fn keeps_forks_out(rule: Effective<'_>) -> bool {
 /// names another team's project (by id, path or nothing at all) is then admitted whatever
 /// project it is. A path is not enough, for TB101's reason (renamed and re-registered); and a
 /// guardrail has no `allow_path_only` to waive it.
+/// The claims that name the code's own project or group (a fork's, in a fork's pipeline).
+const CODE_ID_CLAIMS: [&str; 2] = ["project_id", "namespace_id"];
+
 fn lint_guardrail(delegate: &Delegate, findings: &mut Vec<Finding>) {
     let pinned = delegate
         .require
         .conditions
         .iter()
-        .any(|c| ID_CLAIMS.contains(&c.claim.as_str()) && exact(c));
+        // The code's own ids, not `job_*`: a guardrail on where jobs run would still admit a
+        // stranger's fork run there, under a team rule that names its project by path.
+        .any(|c| CODE_ID_CLAIMS.contains(&c.claim.as_str()) && exact(c));
     if !pinned {
         let message = format!(
-            "require pins no id (an exact project_id, namespace_id or job_* id), so the rules of {:?} can admit any project: pin the team's namespace_id to exact values",
+            "require pins no id of the code (an exact project_id or namespace_id), so the rules of {:?} can admit any project, or a fork run in the team's: pin the team's namespace_id to exact values",
             delegate.file
         );
         findings.push(delegate_finding("TB111", delegate, message));

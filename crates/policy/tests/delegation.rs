@@ -271,3 +271,71 @@ fn a_delegate_entry_is_checked_in_the_root_policy() {
         assert!(error.message.contains(message), "{to}: {error}");
     }
 }
+
+/// What a team's file could loosen besides its rules, refused: a token's subject (a team could
+/// write another project's identity into it), an audience the root did not hand out, a token
+/// living longer than the cap, a looser `token_uses` than the root's default, and a session
+/// policy outside the tree.
+#[test]
+fn a_team_file_cannot_loosen_what_the_root_decides() {
+    let root = ROOT.replace(
+        "max_duration = \"1h\"\n",
+        "max_duration = \"1h\"\ntokens = true\naudiences = [\"https://vault.example.com\"]\n",
+    );
+    let token = |extra: &str| {
+        format!(
+            "[token.vault]\naudience = \"https://vault.example.com\"\n{extra}\n[[token.vault.allow]]\nproject_id = \"7701\"\n"
+        )
+    };
+    let allowed = tree(&root, &[("policies/payments.toml", &token(""))]);
+    assert!(allowed.is_ok(), "{allowed:?}");
+    let cases = [
+        (
+            root.clone(),
+            token(
+                "subject = \"{issuer_host}:project_id:100:ref_type:branch:ref:main:{project_id}\"",
+            ),
+            "may not set `subject`",
+        ),
+        (
+            root.clone(),
+            token("").replace("https://vault.example.com", "sts.amazonaws.com"),
+            "is not one delegate \"payments\" may issue tokens for",
+        ),
+        (
+            root.clone(),
+            token("max_ttl = \"2h\""),
+            "max_ttl 2h is over delegate \"payments\"'s cap of 1h",
+        ),
+        (
+            format!("token_uses = 1\n{root}"),
+            token("token_uses = \"unlimited\""),
+            "may lower it, not raise or lift it",
+        ),
+        (
+            format!("token_uses = 1\n{root}"),
+            team("token_uses = 2\n[[role.payments-deploy.allow]]\nproject_id = \"7701\"\n"),
+            "may lower it, not raise or lift it",
+        ),
+        (
+            root.clone(),
+            team(
+                "session_policy = \"../../etc/scope.json\"\n[[role.payments-deploy.allow]]\nproject_id = \"7701\"\n",
+            ),
+            "must be a path below it",
+        ),
+    ];
+    for (root, file, message) in cases {
+        let error = tree(&root, &[("policies/payments.toml", &file)]).unwrap_err();
+        assert_eq!(
+            error.file.to_str().unwrap(),
+            "org/policies/payments.toml",
+            "{message}: {error}"
+        );
+        assert!(error.message.contains(message), "{message}: {error}");
+    }
+    // Stricter than the root's default is the team's to choose.
+    let stricter = format!("token_uses = 2\n{root}");
+    let file = team("token_uses = 1\n[[role.payments-deploy.allow]]\nproject_id = \"7701\"\n");
+    assert!(tree(&stricter, &[("policies/payments.toml", &file)]).is_ok());
+}

@@ -206,8 +206,9 @@ fn a_guardrail_that_pins_no_id_is_an_error_at_its_require_line() {
         (r#"namespace_id = "77""#, false),
         (r#"namespace_id = ["77", "78"]"#, false),
         (r#"project_id = "7701""#, false),
-        (r#"job_namespace_id = "77""#, false),
-        (r#"job_project_id = "7701""#, false),
+        // Where the job runs, not whose code: a fork run in the team's project would pass.
+        (r#"job_namespace_id = "77""#, true),
+        (r#"job_project_id = "7701""#, true),
         (r#"namespace_path = "payments""#, true),
         (r#"namespace_id = "7*""#, true),
         (r#"namespace_id = ["77", "7*"]"#, true),
@@ -264,8 +265,9 @@ fn human_output_groups_the_findings_by_file_the_roots_first() {
         text,
         format!(
             "{dir}/policy.toml\n  delegate \"search\"\n    {dir}/policy.toml:26: error[TB111 guardrail-pins-no-id] \
-             require pins no id (an exact project_id, namespace_id or job_* id), so the rules of \
-             \"policies/search.toml\" can admit any project: pin the team's namespace_id to exact values\n\
+             require pins no id of the code (an exact project_id or namespace_id), so the rules of \
+             \"policies/search.toml\" can admit any project, or a fork run in the team's: pin the \
+             team's namespace_id to exact values\n\
              {dir}/policies/payments.toml\n  role \"payments-deploy\"\n    {dir}/policies/payments.toml:5: \
              warning[TB103 unprotected] rule 1 trusts unprotected refs: require ref_protected = \"true\" \
              or environment_protected = \"true\"\n    {dir}/policies/payments.toml:5: \
