@@ -1431,13 +1431,29 @@ async fn the_components_profile_mode_gives_the_aws_cli_a_profile_that_asks_the_b
     let refused = refused_token(&app);
     let mut run = Run::job(&profile_mode_job(), &app.address, &token).with_trailing_slash();
     run.env.extend(runners_own_keys());
+    // What an EKS (IRSA) or ECS runner has, which the AWS tools would try before the profile:
+    // gone, as the exact set of exported AWS variables below shows.
+    run.env.extend([
+        (
+            "AWS_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/runner".to_owned(),
+        ),
+        (
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "/var/run/secrets/token".to_owned(),
+        ),
+        (
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "http://169.254.170.2/creds".to_owned(),
+        ),
+    ]);
     for outcome in run.under_each(&SHELLS).await {
         let what = format!("profile mode under {:?}", outcome.shell);
         outcome.assert_succeeded(&what);
         assert_eq!(outcome.requests, 1, "{what}: one start-up check");
         assert_eq!(
             outcome.project_files,
-            ["aws-config", "aws-credentials", "credentials-1.sh"],
+            ["aws-config-1", "aws-credentials-1", "credentials-1.sh"],
             "{what}: {outcome:?}"
         );
         let config = assert_exports_only_the_profile(&outcome, &token, &what);
@@ -1489,24 +1505,27 @@ fn assert_exports_only_the_profile(outcome: &Outcome, token: &str, what: &str) -
     let expected: BTreeMap<String, String> = [
         (
             "AWS_CONFIG_FILE",
-            files.join("aws-config").display().to_string(),
+            files.join("aws-config-1").display().to_string(),
         ),
         (
             "AWS_SHARED_CREDENTIALS_FILE",
-            files.join("aws-credentials").display().to_string(),
+            files.join("aws-credentials-1").display().to_string(),
         ),
         ("AWS_PROFILE", "token-broker".to_owned()),
+        // No instance metadata behind the profile, and JS v2 reads the config file.
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        ("AWS_SDK_LOAD_CONFIG", "1".to_owned()),
     ]
     .into_iter()
     .map(|(name, value)| (name.to_owned(), value))
     .collect();
     assert_eq!(outcome.exported_aws_variables(), expected, "{what}");
     assert_eq!(
-        fs::read_to_string(files.join("aws-credentials")).unwrap(),
+        fs::read_to_string(files.join("aws-credentials-1")).unwrap(),
         "",
         "{what}"
     );
-    let config = fs::read_to_string(files.join("aws-config")).unwrap();
+    let config = fs::read_to_string(files.join("aws-config-1")).unwrap();
     assert!(
         config.starts_with("[profile token-broker]\ncredential_process = "),
         "{what}: {config}"
@@ -1540,7 +1559,10 @@ async fn the_components_profile_mode_fails_in_before_script_when_refused() {
         outcome.assert_failed_closed("profile mode", "access_denied");
         assert_eq!(outcome.requests, 1, "a 403 is not retried: {outcome:?}");
         assert!(
-            !outcome.project_files.iter().any(|f| f == "aws-config"),
+            !outcome
+                .project_files
+                .iter()
+                .any(|f| f.starts_with("aws-config")),
             "no profile is written: {outcome:?}"
         );
         assert!(!outcome.stdout.contains("AWS_PROFILE="), "{outcome:?}");
@@ -1699,4 +1721,42 @@ fn the_gitlab_ci_examples_and_components_match_gitlabs_schema() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The ID token goes only to an https URL (http only on loopback) of plain URL characters: a
+/// URL a pipeline variable could set to a stranger's host, or one that would carry shell syntax
+/// into the profile's credential_process line, is refused before any request.
+#[tokio::test]
+async fn the_component_sends_the_token_only_to_an_https_url_of_plain_characters() {
+    let app = spawn_app().await;
+    let (token, _) = allowed_token(&app);
+    for (url, said) in [
+        ("http://broker.example.com", "must be https://"),
+        ("ftp://broker.example.com", "must be https://"),
+        (
+            "https://broker.example.com/$(id)",
+            "characters a URL does not need",
+        ),
+        (
+            "https://broker.example.com/`id`",
+            "characters a URL does not need",
+        ),
+        (
+            "https://broker.example.com/x' y",
+            "characters a URL does not need",
+        ),
+    ] {
+        for mode in ["env", "profile"] {
+            let job = component_job(&[("mode", mode)], &["aws sts get-caller-identity"]);
+            let mut run = Run::job(&job, &app.address, &token);
+            run.env.push(("TOKEN_BROKER_URL", url.to_owned()));
+            for outcome in run.under_each(&SHELLS).await {
+                let what = format!("{url} in {mode} mode under {:?}", outcome.shell);
+                assert_ne!(outcome.code, Some(0), "{what}: {outcome:?}");
+                assert!(outcome.aws_calls().is_empty(), "{what}: {outcome:?}");
+                assert!(outcome.stderr.contains(said), "{what}: {outcome:?}");
+                assert_eq!(outcome.requests, 0, "{what}");
+            }
+        }
+    }
 }
