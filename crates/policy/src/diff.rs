@@ -358,6 +358,13 @@ fn delegate_settings(changes: &mut Vec<Change>, before: &Delegate, after: &Deleg
         after.tokens.to_string(),
         after.tokens && !before.tokens,
     );
+    let audiences = |d: &Delegate| -> BTreeSet<String> { d.audiences.iter().cloned().collect() };
+    let (was, is) = (audiences(before), audiences(after));
+    if was != is {
+        let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
+        // Another audience its tokens may be for is another relying party trusting the team.
+        settings.compare("audiences", list(&was), list(&is), !is.is_subset(&was));
+    }
 }
 
 fn cap(max_duration: Option<std::time::Duration>) -> String {

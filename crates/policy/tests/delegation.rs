@@ -339,3 +339,37 @@ fn a_team_file_cannot_loosen_what_the_root_decides() {
     let file = team("token_uses = 1\n[[role.payments-deploy.allow]]\nproject_id = \"7701\"\n");
     assert!(tree(&stricter, &[("policies/payments.toml", &file)]).is_ok());
 }
+
+/// `policy diff` marks an audience handed to a team as widening, one taken back as not.
+#[test]
+fn diff_marks_an_audience_handed_to_a_team_as_widening() {
+    let with = |audiences: &str| {
+        let root = ROOT.replace(
+            "max_duration = \"1h\"\n",
+            &format!("max_duration = \"1h\"\ntokens = true\naudiences = [{audiences}]\n"),
+        );
+        tree(
+            &root,
+            &[(
+                "policies/payments.toml",
+                &team("[[role.payments-deploy.allow]]\nproject_id = \"7701\"\n"),
+            )],
+        )
+        .unwrap()
+    };
+    let one = with("\"https://vault.example.com\"");
+    let two = with("\"https://vault.example.com\", \"sts.amazonaws.com\"");
+    let widened = token_broker_policy::diff::diff(&one, &two, &[]);
+    let text = token_broker_policy::diff::render_text(&widened);
+    assert!(widened.widens(), "{text}");
+    assert!(
+        text.contains("WIDENS delegate \"payments\" audiences"),
+        "{text}"
+    );
+    let narrowed = token_broker_policy::diff::diff(&two, &one, &[]);
+    assert!(
+        !narrowed.widens(),
+        "{}",
+        token_broker_policy::diff::render_text(&narrowed)
+    );
+}
