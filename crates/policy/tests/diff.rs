@@ -841,7 +841,7 @@ fn each_tree_edit_is_reported_with_its_file_and_widening_ones_are_marked() {
             vec![],
             vec![(
                 root,
-                "[delegate.search]\nfile = \"policies/search.toml\"\nrequire = { namespace_id = \"90\", ref_protected = \"true\" }\nrole_arns = [\"arn:aws:iam::444455556666:role/search-*\"]\nmax_duration = \"30m\"\ntokens = true\n",
+                "[delegate.search]\nfile = \"policies/search.toml\"\nrequire = { namespace_id = \"90\", ref_protected = \"true\" }\nrole_arns = [\"arn:aws:iam::444455556666:role/search-*\"]\nmax_duration = \"30m\"\ntokens = true\naudiences = [\"https://vault.example.com\"]\n",
                 "",
             )],
             "delegate \"search\" removed (was line 24): policies/search.toml (had 2 grant(s))",
