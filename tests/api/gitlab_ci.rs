@@ -701,7 +701,8 @@ fn policy_with(extra: &str) -> String {
 /// A merge request whose policy has an error finding and widens access: the review job writes
 /// both reports (Code Quality with the finding, JUnit with the cases) and then fails; the diff job
 /// posts one note, and a second pipeline for the same merge request updates that note instead of
-/// adding one. A branch pipeline for the same push has no diff job.
+/// adding one; a note GitLab refuses fails the job. A branch pipeline for the same push has no
+/// diff job.
 #[tokio::test]
 async fn a_policy_merge_request_gets_its_reports_and_one_note_updated_in_place() {
     let api = NotesApi::default();
@@ -781,6 +782,28 @@ async fn a_policy_merge_request_gets_its_reports_and_one_note_updated_in_place()
             requests.iter().filter(|r| r.starts_with("PUT")).count(),
             1,
             "{requests:?}"
+        );
+
+        // GitLab refuses the note (a revoked token): the diff job fails and shows GitLab's answer,
+        // and the note stays as it was.
+        let mut revoked = vars.clone();
+        revoked.retain(|(name, _)| *name != "POLICY_REVIEW_TOKEN");
+        revoked.push(("POLICY_REVIEW_TOKEN", "glpat-revoked".to_owned()));
+        let refused = repo.run(&["policy-diff"], &revoked, None);
+        assert!(!refused.success, "{}", refused.log);
+        assert!(
+            refused.job("policy-diff").contains("401 Unauthorized"),
+            "{}",
+            refused.log
+        );
+        assert_eq!(
+            api.notes
+                .lock()
+                .unwrap()
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![id]
         );
 
         // The branch pipeline of the same push: review only; and none while a merge request is open.
